@@ -1,0 +1,177 @@
+"""Graph -> ``nn.Module``: the trainable PyTorch lowering.
+
+The module is built from the graph alone, so what the FLOP counter counted is
+what runs. Parameterised nodes become real submodules at the node's dotted
+name (``layer2.0.downsample.0``), giving torchvision's state_dict layout; the
+forward pass walks the nodes in topological order, dropping each intermediate
+after its last use so inference holds no more activations than a hand-written
+ResNet would. The walk is a fixed Python loop, which ``torch.compile``,
+``torch.export`` and the ONNX exporters unroll.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..expand import expand
+from ..ir import Graph, Node
+from ..spec import Spec, load
+
+
+class ShortcutA(nn.Module):
+    """Option A: identity that subsamples by ``stride`` and appends ``pad`` zero channels."""
+
+    def __init__(self, stride: int, pad: int) -> None:
+        super().__init__()
+        self.stride, self.pad = stride, pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.pad)) if self.pad else x
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, pad={self.pad}"
+
+
+class GlobalAvgPool(nn.Module):
+    """Average over H and W, then flatten: torchvision's ``avgpool`` + ``torch.flatten``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+def _make(node: Node) -> nn.Module | None:
+    a = node.attrs
+    if node.op == "conv":
+        return nn.Conv2d(a["in_channels"], a["out_channels"], a["kernel"], a["stride"], a["padding"],
+                         groups=a["groups"], bias=False)
+    if node.op == "bn":
+        return nn.BatchNorm2d(a["channels"])
+    if node.op == "relu":
+        return nn.ReLU()
+    if node.op == "maxpool":
+        return nn.MaxPool2d(a["kernel"], a["stride"], a["padding"])
+    if node.op == "avgpool":
+        return nn.AvgPool2d(a["kernel"], a["stride"], a["padding"])
+    if node.op == "shortcut_a":
+        return ShortcutA(a["stride"], a["pad"])
+    if node.op == "gap":
+        return GlobalAvgPool()
+    if node.op == "fc":
+        return nn.Linear(a["in_features"], a["out_features"])
+    return None  # input, add: no module
+
+
+class ResNet(nn.Module):
+    """A network lowered from a resdsl Graph; ``self.graph`` is kept for reports and verification."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__()
+        self.graph = graph
+        index = {n.name: i for i, n in enumerate(graph.nodes)}
+        last_use = {n.name: i for i, n in enumerate(graph.nodes)}
+        for i, n in enumerate(graph.nodes):
+            for src in n.inputs:
+                last_use[src] = i
+        steps: list[tuple[str, Callable[..., torch.Tensor], tuple[int, ...], tuple[int, ...]]] = []
+        for i, n in enumerate(graph.nodes[1:], start=1):
+            module = _make(n)
+            if module is not None:
+                _attach(self, n.name, module)
+            fn: Callable[..., torch.Tensor] = module if module is not None else operator.add
+            free = tuple(index[s] for s in set(n.inputs) if last_use[s] == i)
+            steps.append((n.name, fn, tuple(index[s] for s in n.inputs), free))
+        self._steps = steps
+        self._size = len(graph.nodes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values: list[Any] = [None] * self._size
+        values[0] = x
+        for i, (_, fn, args, free) in enumerate(self._steps, start=1):
+            values[i] = fn(*[values[a] for a in args])
+            for f in free:
+                values[f] = None
+        return values[-1]
+
+    def forward_intermediates(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Run the net and return the outputs of the named nodes (all when ``names`` is None)."""
+        want = set(names) if names is not None else {n.name for n in self.graph.nodes}
+        values: list[Any] = [x]
+        out: dict[str, torch.Tensor] = {"input": x} if "input" in want else {}
+        for name, fn, args, _ in self._steps:
+            values.append(fn(*[values[a] for a in args]))
+            if name in want:
+                out[name] = values[-1]
+        return out
+
+
+def _attach(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    """Register ``module`` at ``a.b.c``, creating plain containers on the way."""
+    *parents, leaf = dotted.split(".")
+    parent = root
+    for p in parents:
+        if not hasattr(parent, p):
+            parent.add_module(p, nn.Module())
+        parent = getattr(parent, p)
+    parent.add_module(leaf, module)
+
+
+def init_weights(model: ResNet, zero_init_residual: bool = False) -> None:
+    """He et al. 2015 ("Delving deep") init for convs, as the paper does; BN scale 1, shift 0.
+
+    ``zero_init_residual`` zeroes the last BN scale of each residual branch
+    (Goyal et al. 2017); a pre-activation branch ends in a conv, whose weights
+    are zeroed instead, so every unit starts as the identity either way.
+    """
+    for name, node in ((n.name, n) for n in model.graph.nodes):
+        m = model.get_submodule(name) if node.op in ("conv", "bn") else None
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if zero_init_residual and node.residual_end:
+                nn.init.zeros_(m.weight)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+            if zero_init_residual and node.residual_end:
+                nn.init.zeros_(m.weight)
+
+
+def build(spec: Spec | str | Path, *, seed: int | None = 0, device: str | torch.device | None = None) -> ResNet:
+    """Build the trainable module of a spec (a path or a loaded Spec).
+
+    Weights are He-initialised from ``seed`` without touching the global RNG
+    (``seed=None`` uses it). ``device='meta'`` builds shapes only, for counting.
+    """
+    if not isinstance(spec, Spec):
+        spec = load(spec)
+    graph = expand(spec)
+    with torch.device(device) if device is not None else _nullcontext():
+        model = ResNet(graph)
+    if model.graph.output.shape and str(device) != "meta":
+        if seed is None:
+            init_weights(model, spec.zero_init_residual)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                init_weights(model, spec.zero_init_residual)
+                # nn.Linear's own default init drew from the global RNG at construction; redraw it here
+                fc = model.get_submodule("fc")
+                assert isinstance(fc, nn.Linear)
+                fc.reset_parameters()
+    return model
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,146 @@
+"""Spec -> Graph: the pure function that unrolls Table 1 into layers.
+
+Block by block, with explicit running locals (channels and feature-map size so
+far), in the manner of timm's ``make_blocks``. Design decisions the papers
+leave open are taken from the authors' released code and noted where made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .ir import Graph, Node
+from .spec import Spec
+
+
+class _Builder:
+    """Appends nodes, tracking the current tensor's name and shape."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+
+    def add(self, name: str, label: str, op: str, inputs: tuple[str, ...], shape: tuple[int, ...], stage: str,
+            residual_end: bool = False, **attrs: Any) -> Node:
+        node = Node(name, op, inputs, shape, stage, label, attrs, residual_end)
+        self.nodes.append(node)
+        return node
+
+    def conv(self, name: str, label: str, x: Node, out_ch: int, kernel: int, stride: int, stage: str,
+             groups: int = 1, residual_end: bool = False) -> Node:
+        c, h, w = x.shape
+        pad = kernel // 2
+        oh, ow = (h + 2 * pad - kernel) // stride + 1, (w + 2 * pad - kernel) // stride + 1
+        return self.add(name, label, "conv", (x.name,), (out_ch, oh, ow), stage, residual_end, in_channels=c,
+                        out_channels=out_ch, kernel=kernel, stride=stride, padding=pad, groups=groups)
+
+    def bn(self, name: str, label: str, x: Node, stage: str, residual_end: bool = False) -> Node:
+        return self.add(name, label, "bn", (x.name,), x.shape, stage, residual_end, channels=x.shape[0])
+
+    def relu(self, name: str, label: str, x: Node, stage: str) -> Node:
+        return self.add(name, label, "relu", (x.name,), x.shape, stage)
+
+
+def expand(spec: Spec) -> Graph:
+    """Unroll ``spec`` into a validated Graph with torchvision's module names."""
+    b = _Builder()
+    x = b.add("input", "input", "input", (), (spec.in_channels, *spec.in_size), "conv1")
+    sc = spec.stem.conv
+    x = b.conv("conv1", "conv1", x, sc.channels, sc.kernel, sc.stride, "conv1")
+    if not spec.preact:  # pre-activation nets: the first unit applies BN-ReLU to conv1's output
+        x = b.bn("bn1", "conv1.bn", x, "conv1")
+        x = b.relu("relu", "conv1.relu", x, "conv1")
+    if spec.stem.pool:
+        p = spec.stem.pool
+        c, h, w = x.shape
+        pad = p.kernel // 2
+        shape = (c, (h + 2 * pad - p.kernel) // p.stride + 1, (w + 2 * pad - p.kernel) // p.stride + 1)
+        # Table 1 lists the max pool at the top of the conv2_x row.
+        first = spec.stages[0].name
+        x = b.add(f"{p.kind}pool", f"{first}.pool", f"{p.kind}pool", (x.name,), shape, first,
+                  kernel=p.kernel, stride=p.stride, padding=pad)
+    for si, stage in enumerate(spec.stages):
+        for j in range(stage.blocks):
+            x = _block(b, spec, x, f"layer{si + 1}.{j}", f"{stage.name}.{j}", stage.name, stage.width,
+                       stage.stride if j == 0 else 1, first_in_stage=j == 0)
+    if spec.preact:  # "Identity Mappings": a final BN-ReLU before the pool
+        x = b.bn("bn_final", "final.bn", x, spec.stages[-1].name)
+        x = b.relu("relu_final", "final.relu", x, spec.stages[-1].name)
+    x = b.add("avgpool", "avgpool", "gap", (x.name,), (x.shape[0],), "head")
+    b.add("fc", "fc", "fc", (x.name,), (spec.classes,), "head", in_features=x.shape[0], out_features=spec.classes)
+    graph = Graph(spec.name, tuple(b.nodes), ("conv1", *(s.name for s in spec.stages), "head"))
+    graph.validate()
+    return graph
+
+
+def _block(b: _Builder, spec: Spec, x: Node, name: str, label: str, stage: str, width: int, stride: int,
+           first_in_stage: bool) -> Node:
+    """One residual unit (or plain pair/triple when shortcut is 'none')."""
+    in_ch = x.shape[0]
+    out_ch = width * spec.expansion
+    changes = stride != 1 or in_ch != out_ch
+
+    def n(part: str) -> tuple[str, str]:
+        return f"{name}.{part}", f"{label}.{part}"
+
+    shortcut_in = x
+    if spec.preact:
+        # Pre-activation unit. In the authors' code (KaimingHe/resnet-1k-layers,
+        # and fb.resnet.torch's preresnet.lua) the first unit of each stage applies
+        # its BN-ReLU *before* splitting, so the projection shortcut also sees the
+        # activated input ("both_preact"); elsewhere BN-ReLU sits in the residual
+        # branch only and the identity path stays clean.
+        h = b.relu(*n("relu1"), stage=stage, x=b.bn(*n("bn1"), stage=stage, x=x))
+        if first_in_stage:
+            shortcut_in = h
+        h = _preact_body(b, spec, h, n, stage, width, out_ch, stride)
+    else:
+        h = _postact_body(b, spec, x, n, stage, width, out_ch, stride)
+
+    if spec.shortcut == "none":  # the paper's plain nets
+        return h if spec.preact else b.relu(*n("relu"), stage=stage, x=h)
+    if spec.shortcut == "C" or (spec.shortcut == "B" and changes):
+        proj = b.conv(*n("downsample.0"), shortcut_in, out_ch, 1, stride, stage)
+        short = b.bn(*n("downsample.1"), stage=stage, x=proj)
+    elif spec.shortcut == "A" and changes:
+        # Option A: subsample (as a 1x1 stride-s conv would) and append zero
+        # channels at the end, as fb.resnet.torch does (Concat of x and 0*x);
+        # no parameters, no BN on the shortcut.
+        c, hh, ww = shortcut_in.shape
+        shape = (out_ch, (hh - 1) // stride + 1, (ww - 1) // stride + 1)
+        short = b.add(*n("downsample"), op="shortcut_a", inputs=(shortcut_in.name,), shape=shape, stage=stage,
+                      stride=stride, pad=out_ch - c)
+    else:
+        short = shortcut_in
+    out = b.add(*n("add"), op="add", inputs=(h.name, short.name), shape=h.shape, stage=stage)
+    return out if spec.preact else b.relu(*n("relu"), stage=stage, x=out)
+
+
+def _postact_body(b: _Builder, spec: Spec, x: Node, n: Any, stage: str, width: int, out_ch: int,
+                  stride: int) -> Node:
+    """conv-BN-ReLU stacks of the 2015 paper, up to (not including) the addition."""
+    if not spec.bottleneck:
+        h = b.relu(*n("relu1"), stage=stage, x=b.bn(*n("bn1"), stage=stage, x=b.conv(*n("conv1"), x, width, 3, stride,
+                                                                                       stage)))
+        return b.bn(*n("bn2"), stage=stage, residual_end=True, x=b.conv(*n("conv2"), h, out_ch, 3, 1, stage))
+    inner = (width * spec.width_per_group // 64) * spec.groups
+    s1, s3 = (stride, 1) if spec.downsample == "1x1" else (1, stride)
+    h = b.relu(*n("relu1"), stage=stage, x=b.bn(*n("bn1"), stage=stage, x=b.conv(*n("conv1"), x, inner, 1, s1, stage)))
+    h = b.relu(*n("relu2"), stage=stage, x=b.bn(*n("bn2"), stage=stage,
+                                                 x=b.conv(*n("conv2"), h, inner, 3, s3, stage, groups=spec.groups)))
+    return b.bn(*n("bn3"), stage=stage, residual_end=True, x=b.conv(*n("conv3"), h, out_ch, 1, 1, stage))
+
+
+def _preact_body(b: _Builder, spec: Spec, h: Node, n: Any, stage: str, width: int, out_ch: int,
+                 stride: int) -> Node:
+    """BN-ReLU-conv stacks of "Identity Mappings", after the unit's first BN-ReLU."""
+    if not spec.bottleneck:
+        h = b.conv(*n("conv1"), h, width, 3, stride, stage)
+        h = b.relu(*n("relu2"), stage=stage, x=b.bn(*n("bn2"), stage=stage, x=h))
+        return b.conv(*n("conv2"), h, out_ch, 3, 1, stage, residual_end=True)
+    inner = (width * spec.width_per_group // 64) * spec.groups
+    s1, s3 = (stride, 1) if spec.downsample == "1x1" else (1, stride)
+    h = b.conv(*n("conv1"), h, inner, 1, s1, stage)
+    h = b.relu(*n("relu2"), stage=stage, x=b.bn(*n("bn2"), stage=stage, x=h))
+    h = b.conv(*n("conv2"), h, inner, 3, s3, stage, groups=spec.groups)
+    h = b.relu(*n("relu3"), stage=stage, x=b.bn(*n("bn3"), stage=stage, x=h))
+    return b.conv(*n("conv3"), h, out_ch, 1, 1, stage, residual_end=True)

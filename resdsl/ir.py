@@ -1,0 +1,90 @@
+"""The backend-neutral graph: named, shape-annotated nodes in topological order.
+
+A node's ``name`` is the module path a PyTorch lowering gives it, following
+torchvision's state_dict layout (``layer2.0.downsample.0``); its ``label`` is
+the Table 1 name shown beside it in reports (``conv3_x.0.downsample.0``).
+Shapes exclude the batch axis: ``(C, H, W)`` for feature maps, ``(F,)`` after
+global pooling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: op -> the attributes it carries. ``shortcut_a`` is option A's parameter-free
+#: shortcut: subsample by ``stride`` and append ``pad`` zero channels.
+OPS: dict[str, tuple[str, ...]] = {
+    "input": (),
+    "conv": ("in_channels", "out_channels", "kernel", "stride", "padding", "groups"),
+    "bn": ("channels",),
+    "relu": (),
+    "maxpool": ("kernel", "stride", "padding"),
+    "avgpool": ("kernel", "stride", "padding"),
+    "add": (),
+    "shortcut_a": ("stride", "pad"),
+    "gap": (),
+    "fc": ("in_features", "out_features"),
+}
+
+
+@dataclass(frozen=True)
+class Node:
+    """One operation. ``inputs`` name earlier nodes; ``attrs`` holds OPS[op]'s keys."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    shape: tuple[int, ...]
+    stage: str  # Table 1 row: "conv1", "conv2_x", ..., or "head"
+    label: str
+    attrs: dict[str, Any] = field(default_factory=dict, hash=False)
+    residual_end: bool = False  # last conv/BN of a residual branch (zero_init_residual acts here)
+
+    def attr(self, key: str) -> Any:
+        return self.attrs[key]
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A whole network: ``nodes[0]`` is the input, ``nodes[-1]`` the logits."""
+
+    name: str
+    nodes: tuple[Node, ...]
+    stages: tuple[str, ...]  # Table 1 rows in order, "conv1" first, "head" last
+
+    @property
+    def input(self) -> Node:
+        return self.nodes[0]
+
+    @property
+    def output(self) -> Node:
+        return self.nodes[-1]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def validate(self) -> None:
+        """Check the invariants every consumer relies on; raise ValueError naming the bad node."""
+        seen: set[str] = set()
+        if not self.nodes or self.nodes[0].op != "input":
+            raise ValueError("graph must start with its input node")
+        for n in self.nodes:
+            if n.op not in OPS:
+                raise ValueError(f"{n.name}: unknown op {n.op!r}")
+            if n.name in seen:
+                raise ValueError(f"{n.name}: duplicate node name")
+            missing = [i for i in n.inputs if i not in seen]
+            if missing:
+                raise ValueError(f"{n.name}: inputs {missing} are not earlier nodes (graph not topological)")
+            absent = [a for a in OPS[n.op] if a not in n.attrs]
+            if absent:
+                raise ValueError(f"{n.name}: {n.op} lacks attributes {absent}")
+            if n.stage not in self.stages:
+                raise ValueError(f"{n.name}: stage {n.stage!r} is not one of {self.stages}")
+            seen.add(n.name)
+        if self.nodes[-1].op != "fc":
+            raise ValueError("graph must end with the fc layer")
