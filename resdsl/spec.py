@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Problem, SpecError
-from .yamlio import KeyPath, Loc, Located, read_yaml
+from .yamlio import KeyPath, Loc, Located, display_name, read_yaml
 
 BLOCKS = ("basic", "bottleneck", "preact_basic", "preact_bottleneck")
 SHORTCUTS = ("A", "B", "C", "none")
@@ -154,14 +154,18 @@ def _load_merged(path: Path, chain: list[Path]) -> Located:
         raise SpecError(Problem(loc.file, loc.line, loc.col, "extends", f"more than {MAX_EXTENDS_DEPTH} levels"))
     if not parent_path.is_file():
         raise SpecError(Problem(loc.file, loc.line, loc.col, "extends",
-                                f"no such file '{parent_ref}' (looked for {parent_path}); the path is "
+                                f"no such file '{parent_ref}' (looked for {display_name(parent_path)}); the path is "
                                 "relative to this spec's directory"))
     parent = _load_merged(parent_path, [*chain, here])
     return _merge(parent, doc)
 
 
 def _merge(base: Located, over: Located) -> Located:
-    """Mappings merge key by key; lists and scalars replace whole (spec-format.md)."""
+    """Mappings merge key by key; lists and scalars replace whole (spec-format.md).
+
+    As in JSON Merge Patch (RFC 7386), a ``null`` in the extending file removes
+    the key it inherited: ``expect: {params: null}`` drops the parent's count.
+    """
     key_locs = dict(base.key_locs)
     value_locs = dict(base.value_locs)
 
@@ -175,7 +179,10 @@ def _merge(base: Located, over: Located) -> Located:
             out = dict(a)
             for k, v in b.items():
                 sub = (*path, k)
-                if k in out and isinstance(out[k], dict) and isinstance(v, dict):
+                if v is None:
+                    drop(sub)
+                    out.pop(k, None)
+                elif k in out and isinstance(out[k], dict) and isinstance(v, dict):
                     out[k] = merge(out[k], v, sub)
                 else:
                     drop(sub)

@@ -59,7 +59,7 @@ class Checker:
             lo: float | None = None, hi: float | None = None, choices: tuple[Any, ...] | None = None) -> Any:
         """Read ``m[key]`` as ``kind`` within bounds/choices; on a problem record it and return None."""
         sub = (*path, key)
-        if key not in m or m[key] is None and default is not _MISSING:
+        if key not in m or (m[key] is None and default is not _MISSING):
             if default is _MISSING:
                 what = f"; one of {', '.join(map(str, choices))}" if choices else ""
                 self.error(sub, f"required key missing{what}")
@@ -137,7 +137,7 @@ def validate(doc: Located) -> Spec:
 
     if not c.problems:
         assert block and shortcut and in_size and stem and stages is not None  # for the type checker
-        _cross_checks(c, block, shortcut, expansion, groups, wpg, in_ch, in_size, stem, stages)
+        _cross_checks(c, block, shortcut, expansion, groups, wpg, stem, stages)
     if c.problems:
         raise SpecError(c.problems)
     return Spec(name=name, block=block, shortcut=shortcut, downsample=downsample if bottleneck else "1x1",
@@ -218,8 +218,8 @@ def _train(c: Checker, top: dict[str, Any]) -> Train | None:
         return None
     path = ("train",)
     m = c.mapping(top["train"], path, ("batch", "iterations", "optimizer", "schedule"))
-    opt = c.mapping(m.get("optimizer", {}), (*path, "optimizer"), ("kind", "lr", "momentum", "weight_decay", "nesterov"))
     op = (*path, "optimizer")
+    opt = c.mapping(m.get("optimizer", {}), op, ("kind", "lr", "momentum", "weight_decay", "nesterov"))
     optimizer = {"kind": c.get(opt, "kind", op, str, default="sgd", choices=("sgd",)),
                  "lr": c.get(opt, "lr", op, float, default=0.1, lo=0),
                  "momentum": c.get(opt, "momentum", op, float, default=0.9, lo=0, hi=1),
@@ -238,9 +238,13 @@ def _train(c: Checker, top: dict[str, Any]) -> Train | None:
                  c.get(m, "iterations", path, int, default=64000, lo=1), optimizer, schedule)
 
 
-def _cross_checks(c: Checker, block: str, shortcut: str, expansion: int, groups: int, wpg: int, in_ch: int,
-                  in_size: tuple[int, int], stem: Stem, stages: list[Stage]) -> None:
-    """Rules that involve several keys: groups, option A, spatial size."""
+def _cross_checks(c: Checker, block: str, shortcut: str, expansion: int, groups: int, wpg: int,
+                  stem: Stem, stages: list[Stage]) -> None:
+    """Rules that involve several keys: groups and option A.
+
+    Spatial size needs no rule: every conv and pool pads by kernel // 2, so no
+    feature map can shrink below 1x1.
+    """
     if block.endswith("bottleneck"):
         for i, s in enumerate(stages):
             if s.width % groups:
@@ -255,14 +259,3 @@ def _cross_checks(c: Checker, block: str, shortcut: str, expansion: int, groups:
             c.error(("shortcut",), f"option A cannot shrink channels, but {s.name} (stages[{i}]) goes from "
                     f"{chans} to {out}; use shortcut B or C", key=True)
         chans = out
-    h, w = in_size
-    k, st = stem.conv.kernel, stem.conv.stride
-    h, w = (h + 2 * (k // 2) - k) // st + 1, (w + 2 * (k // 2) - k) // st + 1
-    if stem.pool:
-        k, st = stem.pool.kernel, stem.pool.stride
-        h, w = (h + 2 * (k // 2) - k) // st + 1, (w + 2 * (k // 2) - k) // st + 1
-    for s in stages:
-        h, w = (h - 1) // s.stride + 1, (w - 1) // s.stride + 1
-    if h < 1 or w < 1:
-        c.error(("input", "size"), f"{list(in_size)} is too small: the last stage's output would be {h}x{w}; "
-                "use a larger input or fewer strides")

@@ -90,9 +90,14 @@ def read_yaml(path: Path) -> Located:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise fail(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save the spec as UTF-8", line) from None
+        raise fail(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save the spec as UTF-8",
+                   line) from None
 
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # its reader already refuses control characters
+    except yaml.reader.ReaderError as e:
+        line = text[: e.position].count("\n") + 1
+        raise fail(f"character #x{e.character:04x} is not allowed in YAML text; remove it", line) from None
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
@@ -106,6 +111,10 @@ def read_yaml(path: Path) -> Located:
     if root is None:
         raise fail("the file is empty; a spec starts with 'resdsl: 1'")
     return _Builder(name, loader).build(root)
+
+
+def _tag(tag: str) -> str:
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,2002:") else tag
 
 
 class _Builder:
@@ -141,13 +150,13 @@ class _Builder:
             return self.mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
-                raise self.error(node, path, f"tag {node.tag} is not allowed in a spec")
+                raise self.error(node, path, f"tag {_tag(node.tag)} is not allowed in a spec")
             return [self.node(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         return self.scalar(node, path)
 
     def mapping(self, node: yaml.MappingNode, path: KeyPath, depth: int) -> dict[str, Any]:
         if node.tag != "tag:yaml.org,2002:map":
-            raise self.error(node, path, f"tag {node.tag} is not allowed in a spec")
+            raise self.error(node, path, f"tag {_tag(node.tag)} is not allowed in a spec")
         out: dict[str, Any] = {}
         first_line: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -171,6 +180,7 @@ class _Builder:
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError:
-            raise self.error(node, path, f"tag {node.tag} is not allowed in a spec (only plain YAML values)") from None
+            msg = f"tag {_tag(node.tag)} is not allowed in a spec (only plain YAML values)"
+            raise self.error(node, path, msg) from None
         except (ValueError, OverflowError) as e:
             raise self.error(node, path, f"cannot read value: {e}") from None

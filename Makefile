@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+# Each creates .venv and installs what it needs; torch is pinned to 2.13.0 here
+# (pyproject.toml keeps a range for users who bring their own).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SPEC   ?= specs/resnet152.yaml
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# Main job: validate every spec, reproduce Table 1, then compile SPEC to ONNX and verify it.
+demo: $(VENV)/.installed
+	$(BIN)/resdsl check -q $$(find specs -name "*.yaml" -not -path "specs/invalid/*" | sort)
+	$(BIN)/resdsl table specs/resnet18.yaml specs/resnet34.yaml specs/resnet50.yaml specs/resnet101.yaml specs/resnet152.yaml
+	$(BIN)/resdsl flops $(SPEC)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check resdsl tests bench cli.py
+	$(BIN)/mypy
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/flops.py
+
+clean:
+	rm -rf $(VENV) build

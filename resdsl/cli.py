@@ -1,0 +1,137 @@
+"""The ``resdsl`` command line: the only place that prints and chooses exit codes.
+
+Exit codes: 0 ok, 1 verification failed, 2 bad input, 3 missing backend or
+hardware. User errors (:class:`~resdsl.errors.ResdslError`) print a message,
+never a traceback. Heavy libraries are imported inside the commands that need
+them, so ``check``, ``flops`` and ``table`` never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import ResdslError, SpecError
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    from .spec import load
+
+    return load(path)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate every spec; print all problems of all files."""
+    failed = 0
+    for path in args.specs:
+        try:
+            spec = _load(path)
+        except SpecError as e:
+            failed += 1
+            print(e, file=sys.stderr)
+            continue
+        if not args.quiet:
+            print(f"{path}: ok ({spec.name})")
+    return 2 if failed else 0
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    """Per-stage (or per-layer) counts and the comparison with ``expect``."""
+    from .expand import expand
+    from .flops import count
+    from .report import check_expect, flops_table
+
+    spec = _load(args.spec)
+    report = count(expand(spec))
+    results = check_expect(spec, report)
+    if args.json:
+        doc = report.to_dict(args.unit, args.per_layer)
+        doc["expect"] = [r.__dict__ for r in results]
+        print(json.dumps(doc, indent=1))
+    else:
+        print(flops_table(spec, report, args.unit))
+        if args.per_layer:
+            mult = 2 if args.unit == "flops" else 1
+            print(f"\n{'layer':<28} {'Table 1':<26} {'op':<10} {'output':<14} {'MMACs' if mult == 1 else 'MFLOPs':>10}"
+                  f" {'params':>11}")
+            for n in report.nodes:
+                if n.op == "input":
+                    continue
+                shape = "x".join(map(str, n.shape))
+                print(f"{n.name:<28} {n.label:<26} {n.op:<10} {shape:<14} {n.macs * mult / 1e6:>10.3f} {n.params:>11,}")
+        for r in results:
+            print(f"expect: {r}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """One row per spec: Table 1's FLOPs row reproduced, with the delta to the paper."""
+    from .expand import expand
+    from .flops import count
+    from .report import summary_header, summary_row
+
+    rows, errors = [], []
+    for path in args.specs:
+        try:
+            spec = _load(path)
+        except SpecError as e:
+            errors.append(str(e))
+            continue
+        rows.append(summary_row(spec, count(expand(spec)), args.unit))
+    print(summary_header(args.unit))
+    print("\n".join(rows))
+    for e in errors:
+        print(e, file=sys.stderr)
+    return 2 if errors else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="resdsl", description="Compile ResNet specs (YAML, Table 1 of He et al. 2015) "
+                                "into verified PyTorch, ONNX and TensorRT artefacts.")
+    p.add_argument("--version", action="version", version=f"resdsl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("check", help="validate specs; exit 0, or 2 with every problem located")
+    c.add_argument("specs", nargs="+", metavar="SPEC")
+    c.add_argument("-q", "--quiet", action="store_true", help="print nothing for valid specs")
+    c.set_defaults(func=cmd_check)
+
+    f = sub.add_parser("flops", help="multiply-adds and parameters per stage, checked against 'expect'")
+    f.add_argument("spec", metavar="SPEC")
+    f.add_argument("--unit", choices=("macs", "flops"), default="macs",
+                   help="macs: the paper's convention (default); flops: 2 x multiply-adds")
+    f.add_argument("--per-layer", action="store_true", help="also list every layer")
+    f.add_argument("--json", action="store_true", help="machine-readable output")
+    f.set_defaults(func=cmd_flops)
+
+    t = sub.add_parser("table", help="one row per spec: Table 1's FLOPs row with the delta to the paper")
+    t.add_argument("specs", nargs="+", metavar="SPEC")
+    t.add_argument("--unit", choices=("macs", "flops"), default="macs")
+    t.set_defaults(func=cmd_table)
+
+    from .commands import add_commands  # compile, verify: their heavy imports stay inside them
+
+    add_commands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``resdsl`` console script."""
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ResdslError as e:
+        print(f"resdsl: error: {e}" if not isinstance(e, SpecError) else str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("resdsl: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Shared fixtures: paths, the reference data copied from ../shared/reference, spec discovery."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+SPECS = ROOT / "specs"
+VALID_SPECS = sorted(p for p in SPECS.rglob("*.yaml") if "invalid" not in p.parts)
+INVALID_SPECS = sorted((SPECS / "invalid").glob("*.yaml"))
+#: Nets too deep to run through torch on every CI run at full size.
+DEEP = {"resnet1202.yaml", "resnet1001.yaml"}
+
+
+def spec_id(p: Path) -> str:
+    return str(p.relative_to(SPECS))
+
+
+@pytest.fixture(scope="session")
+def figures() -> dict:
+    return json.loads((DATA / "paper-figures.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tv_layout() -> dict:
+    return json.loads((DATA / "torchvision-resnet-state-dict.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tv_logits() -> dict:
+    return json.loads((DATA / "torchvision-golden-logits.json").read_text())
+
+
+@pytest.fixture
+def in_root(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run with the repository root as working directory (messages show paths relative to it)."""
+    monkeypatch.chdir(ROOT)
+    return ROOT

@@ -1,0 +1,91 @@
+"""Analytic counts against outside oracles: the paper, torchvision, FlopCounterMode, the module itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from resdsl import build, count, expand, load
+from resdsl.report import check_expect
+
+from .conftest import SPECS, VALID_SPECS, spec_id
+
+
+@pytest.mark.parametrize("path", VALID_SPECS, ids=spec_id)
+def test_analytic_counts_equal_flop_counter_and_module(path: Path) -> None:
+    """MACs == FlopCounterMode / 2 exactly; params == the module's; on the meta device (no compute)."""
+    spec = load(path)
+    report = count(expand(spec))
+    model = build(spec, device="meta")
+    x = torch.empty(1, spec.in_channels, *spec.in_size, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        y = model(x)
+    assert tuple(y.shape) == (1, spec.classes)
+    assert counter.get_total_flops() == 2 * report.macs
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == report.params
+
+
+@pytest.mark.parametrize("path", VALID_SPECS, ids=spec_id)
+def test_expect_holds(path: Path) -> None:
+    spec = load(path)
+    results = check_expect(spec, count(expand(spec)))
+    assert all(r.ok for r in results), [str(r) for r in results if not r.ok]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
+def test_table1_paper_and_exact_figures(name: str, figures: dict) -> None:
+    ref = figures["table1"][name]
+    v1 = count(expand(load(SPECS / f"{name}.yaml")))
+    v15 = count(expand(load(SPECS / "torchvision" / f"{name}.yaml")))
+    assert abs(v1.macs / 1e9 - ref["paper_gflops"]) < 0.1           # the Table 1 check
+    assert round(v1.macs / 1e9, 4) == ref["v1_gmacs"]
+    assert round(v15.macs / 1e9, 4) == ref["v15_gmacs"]
+    assert v1.params == v15.params == ref["params"]
+    tv = figures["torchvision_published"][name]
+    assert round(v15.macs / 1e9, 3) == tv["gflops"] and v15.params == tv["params"]
+    assert v1.depth == int(name.removeprefix("resnet"))
+
+
+def test_option_a_resnet34_is_the_papers_36_billion(figures: dict) -> None:
+    r = count(expand(load(SPECS / "resnet34-a.yaml")))
+    assert round(r.macs / 1e9, 4) == figures["resnet34_option_a_gmacs"]
+
+
+@pytest.mark.parametrize("depth", ["20", "32", "44", "56", "110", "1202"])
+def test_cifar_params_match_the_paper(depth: str, figures: dict) -> None:
+    r = count(expand(load(SPECS / "cifar" / f"resnet{depth}.yaml")))
+    paper = figures["cifar_paper_mparams"][depth]
+    digits = len(str(paper).split(".")[1])
+    assert round(r.params / 1e6, digits) == paper
+    assert r.depth == int(depth)
+
+
+@pytest.mark.parametrize("depth", ["164", "1001"])
+def test_preact_cifar_params_match_identity_mappings(depth: str, figures: dict) -> None:
+    """The 2016 paper's counts are conv+fc weights (no BN scale/shift): see specs/preact/resnet1001.yaml."""
+    spec = load(SPECS / "preact" / f"resnet{depth}.yaml")
+    r = count(expand(spec))
+    weights_only = sum(n.params for n in r.nodes if n.op in ("conv", "fc"))
+    assert round(weights_only / 1e6, 1) == figures["preact_cifar_paper_mparams"][depth]
+    assert r.depth == int(depth)
+
+
+def test_plain_and_residual_nets_share_flops_under_option_a() -> None:
+    plain, res = count(expand(load(SPECS / "plain34.yaml"))), count(expand(load(SPECS / "resnet34-a.yaml")))
+    assert plain.macs == res.macs and plain.params == res.params
+
+
+def test_stage_totals_add_up_and_shapes_follow_table1() -> None:
+    r = count(expand(load(SPECS / "resnet50.yaml")))
+    assert sum(s.macs for s in r.stages) == r.macs and sum(s.params for s in r.stages) == r.params
+    assert [s.out_shape for s in r.stages] == [(64, 112, 112), (256, 56, 56), (512, 28, 28), (1024, 14, 14),
+                                               (2048, 7, 7), (1000,)]
+    assert [s.blocks for s in r.stages[1:5]] == [3, 4, 6, 3]
+
+
+def test_flops_unit_is_twice_macs() -> None:
+    r = count(expand(load(SPECS / "resnet18.yaml")))
+    assert r.to_dict("flops")["total"] == 2 * r.to_dict("macs")["total"] == 2 * r.macs
