@@ -125,6 +125,13 @@ def load(path: str | Path) -> Spec:
     return validate(_load_merged(Path(path), []))
 
 
+def from_resolved(doc: dict[str, Any], source: str = "<manifest>") -> Spec:
+    """Rebuild a Spec from its resolved mapping (as stored in a manifest); validated like a file."""
+    from .validate import validate
+
+    return validate(Located(doc, source, {}, {}))
+
+
 def loads(text: str, name: str = "spec.yaml") -> Spec:
     """Load a spec from a string (tools, tests); it cannot use ``extends``."""
     import tempfile

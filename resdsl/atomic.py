@@ -1,0 +1,85 @@
+"""Atomic output: a directory appears complete or not at all.
+
+Everything is written into a hidden temporary sibling of the destination; only
+when every file is written, fsynced and verified is it renamed into place
+(``rename`` within one filesystem is atomic on POSIX). An existing destination
+is replaced only on request, and a compile that dies leaves at most a hidden
+``.NAME.tmp-*`` sibling, which the next run into the same place removes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import InputError
+
+
+def _fsync_tree(path: Path) -> None:
+    for root, _, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(root, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _stale_siblings(dest: Path) -> list[Path]:
+    return [p for p in dest.parent.glob(f".{dest.name}.tmp-*") if p.is_dir()]
+
+
+@contextmanager
+def staging_dir(dest: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``dest`` when the block exits cleanly."""
+    dest = Path(dest)
+    if dest.exists() and not force:
+        raise InputError(f"{dest} already exists; pass --force to replace it, or choose another directory with -o")
+    if dest.exists() and not dest.is_dir():
+        raise InputError(f"{dest} exists and is not a directory; remove it or choose another path with -o")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for stale in _stale_siblings(dest):  # left by a compile that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    except PermissionError:
+        raise InputError(f"cannot write to {dest.parent}: permission denied; choose a writable directory with -o") \
+            from None
+    except OSError as e:
+        raise InputError(f"cannot create {dest}: {e.strerror}; choose another directory with -o") from None
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if dest.exists():  # --force: swap, so a failure here still leaves one complete directory
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.rename(dest, old / "x")
+            os.rename(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, dest)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno == 28:  # ENOSPC
+            raise InputError(f"no space left on the device while writing {dest}; nothing was written") from None
+        raise InputError(f"writing {dest} failed: {e.strerror or e}; nothing was written") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write one file atomically (temp file in the same directory, fsync, rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

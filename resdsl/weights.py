@@ -1,0 +1,96 @@
+"""Loading trained weights: resdsl checkpoints and plain state_dicts (torchvision's included).
+
+Files are read with ``torch.load(weights_only=True)``, which unpickles tensors
+and containers only, never code. Keys and shapes are checked strictly before
+anything is copied; the error lists the first missing, unexpected and
+mis-shaped keys and names the specs whose layout the file does fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InputError
+from .layout import specs_fitting, state_layout
+
+SHOW = 5
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over keys, dtypes, shapes and bytes, in order: equal weights, equal digests."""
+    h = hashlib.sha256()
+    for k, v in state.items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Read a weights file; return the state_dict and its format name."""
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"weights file {path} does not exist; check the --weights path") from None
+    except IsADirectoryError:
+        raise InputError(f"--weights {path} is a directory; give the checkpoint file itself") from None
+    except Exception as e:  # torch raises many kinds for a bad or hostile file
+        raise InputError(f"cannot read weights file {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}. "
+                         "It must be a PyTorch checkpoint (torch.save of a state_dict) or a resdsl checkpoint") \
+            from None
+    fmt = "state_dict"
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "resdsl" in obj:
+        obj, fmt = obj["model"], "resdsl"
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj, fmt = obj["state_dict"], "state_dict (nested under 'state_dict')"
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"weights file {path} holds a {type(obj).__name__}, not a state_dict of tensors; save "
+                         "`model.state_dict()` with torch.save")
+    state = {k.removeprefix("module."): v for k, v in obj.items()}  # DataParallel/DDP checkpoints
+    return state, fmt
+
+
+def load_into(model: torch.nn.Module, path: str | Path, spec_source: str | None = None) -> dict[str, Any]:
+    """Strictly load ``path`` into ``model``; return the manifest's ``weights`` entry."""
+    path = Path(path)
+    state, fmt = read_state(path)
+    graph = model.graph  # type: ignore[attr-defined]
+    want = dict(state_layout(graph))
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    missing = [k for k in want if k not in have]
+    unexpected = [k for k in have if k not in want]
+    misshaped = [f"{k} {list(have[k])} (spec needs {list(want[k])})" for k in want if k in have and have[k] != want[k]]
+    if missing or unexpected or misshaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                more = f" and {len(items) - SHOW} more" if len(items) > SHOW else ""
+                parts.append(f"{len(items)} {label}: {', '.join(items[:SHOW])}{more}")
+        search = [Path(spec_source).parent] if spec_source else []
+        search += [Path.cwd() / "specs"]
+        fits = specs_fitting(have, search)
+        hint = (f" These weights fit {', '.join(fits[:3])}." if fits else
+                " No spec in specs/ fits them; check block type, blocks per stage and the number of classes.")
+        raise InputError(f"weights file {path} does not fit spec '{graph.name}': {'; '.join(parts)}.{hint}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise InputError(f"weights file {path} has NaN or infinite values in {', '.join(bad[:SHOW])}; the "
+                         "checkpoint is damaged")
+    model.load_state_dict(state, strict=True)
+    return {"kind": "file", "path": str(path), "format": fmt, "file_sha256": _file_sha(path),
+            "sha256": state_digest(model.state_dict())}
+
+
+def _file_sha(path: Path) -> str:
+    from .manifest import sha256_file
+
+    return sha256_file(path)
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
+    """A resdsl checkpoint: ``{"resdsl": meta, "model": state_dict}``; ``--weights`` reads it back."""
+    torch.save({"resdsl": meta, "model": model.state_dict()}, path)
