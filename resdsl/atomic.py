@@ -5,10 +5,18 @@ when every file is written, fsynced and verified is it renamed into place
 (``rename`` within one filesystem is atomic on POSIX). An existing destination
 is replaced only on request, and a compile that dies leaves at most a hidden
 ``.NAME.tmp-*`` sibling, which the next run into the same place removes.
+
+Two compiles into one destination at once: each holds an exclusive
+``flock`` on ``.NAME.lock`` beside it for its whole run, so the second fails
+at once with a clear message instead of interleaving (or deleting the first
+one's staging directory as "stale"). The kernel drops the lock when a
+process dies, even by SIGKILL.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -30,7 +38,8 @@ def _fsync_tree(path: Path) -> None:
 
 
 def _stale_siblings(dest: Path) -> list[Path]:
-    return [p for p in dest.parent.glob(f".{dest.name}.tmp-*") if p.is_dir()]
+    found = [*dest.parent.glob(f".{dest.name}.tmp-*"), *dest.parent.glob(f".{dest.name}.old-*")]
+    return [p for p in found if p.is_dir()]
 
 
 @contextmanager
@@ -41,17 +50,28 @@ def staging_dir(dest: Path, force: bool = False) -> Iterator[Path]:
         raise InputError(f"{dest} already exists; pass --force to replace it, or choose another directory with -o")
     if dest.exists() and not dest.is_dir():
         raise InputError(f"{dest} exists and is not a directory; remove it or choose another path with -o")
+    lock: int | None = None
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        for stale in _stale_siblings(dest):  # left by a compile that was killed
+        lock = _lock(dest)
+        for stale in _stale_siblings(dest):  # left by a compile that was killed; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    except PermissionError:
-        raise InputError(f"cannot write to {dest.parent}: permission denied; choose a writable directory with -o") \
-            from None
     except OSError as e:
+        _unlock(dest, lock)
+        if isinstance(e, PermissionError):
+            raise InputError(f"cannot write to {dest.parent}: permission denied; choose a writable directory "
+                             "with -o") from None
+        if e.errno == errno.ENOSPC:
+            raise InputError(f"no space left on the device for {dest}; free space or choose another -o") from None
         raise InputError(f"cannot create {dest}: {e.strerror}; choose another directory with -o") from None
+    except BaseException:
+        _unlock(dest, lock)
+        raise
     try:
+        if dest.exists() and not force:  # another compile finished while we waited to start
+            raise InputError(f"{dest} already exists; pass --force to replace it, or choose another directory "
+                             "with -o")
         yield tmp
         _fsync_tree(tmp)
         if dest.exists():  # --force: swap, so a failure here still leaves one complete directory
@@ -63,12 +83,44 @@ def staging_dir(dest: Path, force: bool = False) -> Iterator[Path]:
             os.rename(tmp, dest)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno == 28:  # ENOSPC
+        if e.errno == errno.ENOSPC:
             raise InputError(f"no space left on the device while writing {dest}; nothing was written") from None
         raise InputError(f"writing {dest} failed: {e.strerror or e}; nothing was written") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _unlock(dest, lock)
+
+
+def _lock(dest: Path) -> int:
+    """Take the exclusive lock of ``dest``; raise InputError at once if another process holds it."""
+    path = _lock_path(dest)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The holder unlinks the file on release; a lock on an unlinked inode guards nothing.
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise BlockingIOError
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        raise InputError(f"another resdsl process is writing {dest} right now; wait for it to finish, or choose "
+                         "another directory with -o") from None
+    return fd
+
+
+def _lock_path(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.lock"
+
+
+def _unlock(dest: Path, fd: int | None) -> None:
+    """Release the lock taken by :func:`_lock`, removing its file first (still holding it)."""
+    if fd is None:
+        return
+    try:
+        _lock_path(dest).unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -29,7 +29,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .pipeline import CompileOptions, compile_spec
 
     extra: dict[str, Any] = {k: getattr(args, k) for k in ("workspace", "opt_level", "timing_cache", "tf32",
-                                                            "version_compatible", "device")}
+                                                            "version_compatible", "device", "max_params",
+                                                            "max_gmacs")}
     opts = CompileOptions(target=args.target, out=args.output, weights=args.weights, precision=args.precision,
                           io=args.io, batch=args.batch, opset=args.opset, force=args.force, seed=args.seed,
                           verify_batches=_batches(args.verify_batch), extra=extra)
@@ -101,6 +102,10 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--verify-batch", metavar="N,N,...", help="batch sizes to verify at (default: MIN, MIN+2, and "
                    "MAX when MAX <= 8)")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
+    c.add_argument("--max-params", type=int, metavar="N", help="refuse networks with more parameters "
+                   "(default 2e9)")
+    c.add_argument("--max-gmacs", type=float, metavar="X", help="refuse networks needing more GMACs per image "
+                   "(default 2000)")
     g = c.add_argument_group("trt and aoti targets")
     g.add_argument("--workspace", type=int, default=4096, metavar="MIB", help="TensorRT workspace limit")
     g.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0..5")

@@ -86,6 +86,11 @@ def compile_spec(spec_path: str | Path, opts: CompileOptions) -> tuple[Path, dic
     batch = parse_batch(opts.batch)
     progress = Progress()
     spec = load(spec_path)
+    from .expand import expand
+    from .flops import count
+    from .limits import check
+
+    check(count(expand(spec)), str(spec_path), opts.extra.get("max_params"), opts.extra.get("max_gmacs"))
     out = Path(opts.out) if opts.out else Path("build") / spec.name
     if out.exists() and not opts.force:  # fail before the expensive steps
         raise InputError(f"{out} already exists; pass --force to replace it, or choose another directory with -o")

@@ -118,11 +118,23 @@ class Spec:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def load(path: str | Path) -> Spec:
-    """Load, merge (``extends``) and validate a spec file; raise SpecError listing every problem."""
+def load(path: str | Path, root: Path | None = None) -> Spec:
+    """Load, merge (``extends``) and validate a spec file; raise SpecError listing every problem.
+
+    ``extends`` may only reach files under ``root`` (default: the working
+    directory if it contains the spec, else the spec's own directory), so a
+    spec from elsewhere cannot make resdsl read arbitrary files.
+    """
     from .validate import validate  # validate imports this module's dataclasses
 
-    return validate(_load_merged(Path(path), []))
+    path = Path(path)
+    return validate(_load_merged(path, [], root or _default_root(path)))
+
+
+def _default_root(path: Path) -> Path:
+    """The tree ``extends`` may reach: the working directory when it holds the spec, else the spec's directory."""
+    cwd, here = Path.cwd().resolve(), path.resolve()
+    return cwd if here.is_relative_to(cwd) else here.parent
 
 
 def from_resolved(doc: dict[str, Any], source: str = "<manifest>") -> Spec:
@@ -142,7 +154,7 @@ def loads(text: str, name: str = "spec.yaml") -> Spec:
         return load(p)
 
 
-def _load_merged(path: Path, chain: list[Path]) -> Located:
+def _load_merged(path: Path, chain: list[Path], root: Path) -> Located:
     doc = read_yaml(path)
     if not isinstance(doc.value, dict):
         raise SpecError(Problem(doc.file, 1, 1, "", "a spec is a mapping of keys (resdsl: 1, name: ..., ...)"))
@@ -159,11 +171,15 @@ def _load_merged(path: Path, chain: list[Path]) -> Located:
         raise SpecError(Problem(loc.file, loc.line, loc.col, "extends", f"cycle: {cycle}; remove one link"))
     if len(chain) >= MAX_EXTENDS_DEPTH:
         raise SpecError(Problem(loc.file, loc.line, loc.col, "extends", f"more than {MAX_EXTENDS_DEPTH} levels"))
+    if not parent_path.is_relative_to(root.resolve()):
+        raise SpecError(Problem(loc.file, loc.line, loc.col, "extends",
+                                f"'{parent_ref}' lies outside the spec tree {display_name(root)}; keep a spec and "
+                                "the specs it extends under one directory, and run resdsl from there"))
     if not parent_path.is_file():
         raise SpecError(Problem(loc.file, loc.line, loc.col, "extends",
                                 f"no such file '{parent_ref}' (looked for {display_name(parent_path)}); the path is "
                                 "relative to this spec's directory"))
-    parent = _load_merged(parent_path, [*chain, here])
+    parent = _load_merged(parent_path, [*chain, here], root)
     return _merge(parent, doc)
 
 

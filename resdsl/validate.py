@@ -19,6 +19,8 @@ from .yamlio import KeyPath, Loc, Located, format_path
 TOP_KEYS = ("resdsl", "name", "extends", "input", "block", "shortcut", "downsample", "expansion", "groups",
             "width_per_group", "zero_init_residual", "stem", "stages", "head", "expect", "train")
 _MISSING = object()
+#: Bounds the graph's size before it is built (ResNet-1202 has 600 blocks).
+MAX_TOTAL_BLOCKS = 10_000
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -196,6 +198,10 @@ def _stages(c: Checker, top: dict[str, Any]) -> list[Stage] | None:
                          c.get(m, "width", path, int, lo=1, hi=65536),
                          c.get(m, "blocks", path, int, lo=1, hi=100_000),
                          c.get(m, "stride", path, int, default=1, choices=(1, 2))))
+    total = sum(s.blocks or 0 for s in out)
+    if total > MAX_TOTAL_BLOCKS:
+        c.error(("stages",), f"{total:,} blocks in all, more than the {MAX_TOTAL_BLOCKS:,} resdsl builds "
+                "(ResNet-1202 has 600)")
     names = [s.name for s in out]
     for i, n in enumerate(names):
         if n in names[:i]:

@@ -241,7 +241,7 @@ def test_spec_digest_in_manifest_matches_loaded_spec(torch_art: Path) -> None:
 
 
 @pytest.mark.parametrize("error,message", [(PermissionError(13, "Permission denied"), "permission denied"),
-                                           (OSError(28, "No space left on device"), "No space left")])
+                                           (OSError(28, "No space left on device"), "no space left")])
 def test_unwritable_or_full_disk_is_a_clean_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                   error: OSError, message: str) -> None:
     """Root ignores permissions, so the failure is injected where the staging directory is made."""

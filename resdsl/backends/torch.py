@@ -11,6 +11,7 @@ ResNet would. The walk is a fixed Python loop, which ``torch.compile``,
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -144,18 +145,26 @@ def init_weights(model: ResNet, zero_init_residual: bool = False) -> None:
                 nn.init.zeros_(m.weight)
 
 
-def build(spec: Spec | str | Path, *, seed: int | None = 0, device: str | torch.device | None = None) -> ResNet:
+def build(spec: Spec | str | Path, *, seed: int | None = 0, device: str | torch.device | None = None,
+          max_params: int | None = None, max_gmacs: float | None = None) -> ResNet:
     """Build the trainable module of a spec (a path or a loaded Spec).
 
     Weights are He-initialised from ``seed`` without touching the global RNG
     (``seed=None`` uses it). ``device='meta'`` builds shapes only, for counting.
+    Networks beyond ``max_params``/``max_gmacs`` (see :mod:`resdsl.limits`) are
+    refused before any tensor is allocated.
     """
     if not isinstance(spec, Spec):
         spec = load(spec)
     graph = expand(spec)
-    with torch.device(device) if device is not None else _nullcontext():
+    if str(device) != "meta":  # shapes-only modules cost no memory
+        from ..flops import count
+        from ..limits import check
+
+        check(count(graph), spec.source, max_params, max_gmacs)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         model = ResNet(graph)
-    if model.graph.output.shape and str(device) != "meta":
+    if str(device) != "meta":
         if seed is None:
             init_weights(model, spec.zero_init_residual)
         else:
@@ -167,11 +176,3 @@ def build(spec: Spec | str | Path, *, seed: int | None = 0, device: str | torch.
                 assert isinstance(fc, nn.Linear)
                 fc.reset_parameters()
     return model
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
