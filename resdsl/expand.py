@@ -56,7 +56,9 @@ def expand(spec: Spec) -> Graph:
         shape = (c, (h + 2 * pad - p.kernel) // p.stride + 1, (w + 2 * pad - p.kernel) // p.stride + 1)
         # Table 1 lists the max pool at the top of the conv2_x row.
         first = spec.stages[0].name
-        x = b.add(f"{p.kind}pool", f"{first}.pool", f"{p.kind}pool", (x.name,), shape, first,
+        # torchvision's name for the max pool; an average-pool stem must not collide with the head's avgpool
+        name = "maxpool" if p.kind == "max" else "stem_avgpool"
+        x = b.add(name, f"{first}.pool", f"{p.kind}pool", (x.name,), shape, first,
                   kernel=p.kernel, stride=p.stride, padding=pad)
     for si, stage in enumerate(spec.stages):
         for j in range(stage.blocks):

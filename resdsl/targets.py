@@ -58,8 +58,9 @@ def run_checks(model: Any, spec: Spec, precision: str, batches: tuple[int, ...],
     shape = (spec.in_channels, *spec.in_size)
     for b in batches:
         x = inputs(shape, b, seed)
+        device = next(model.parameters()).device
         with torch.no_grad():
-            ref = model(torch.from_numpy(x)).numpy()
+            ref = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
         for name, fn in backends.items():
             check = compare(np.asarray(fn(x), dtype=np.float32), ref, tol, name)
             report.checks.append(check)
@@ -142,4 +143,51 @@ def onnx_localiser(path: Path, tensor_of: dict[str, str], io: str
     return run
 
 
-RUNNERS: dict[str, Callable[..., tuple[dict[str, Any], Report]]] = {"torch": torch_target, "onnx": onnx_target}
+def trt_target(model: Any, spec: Spec, opts: Any, batch: Batch, tmp: Path, progress: Progress
+               ) -> tuple[dict[str, Any], Report]:
+    """model.onnx (verified in ONNX Runtime first), then model.engine, verified on the GPU.
+
+    The engine is checked against the module on CUDA with TF32 off (so an fp32
+    engine is held to fp32 tolerance) and against ONNX Runtime, at the
+    profile's min, opt and max batch.
+    """
+    import torch
+
+    from .backends import trt as tb
+    from .runtime import open_artefact
+
+    manifest, report = onnx_target(model, spec, opts, batch, tmp, progress)
+    if not report.passed:
+        return manifest, report
+    ex = opts.extra
+    options = tb.BuildOptions(profile=tb.BatchProfile(*batch), workspace_mib=ex.get("workspace") or 4096,
+                              opt_level=3 if ex.get("opt_level") is None else ex["opt_level"],
+                              timing_cache=ex.get("timing_cache"), tf32=bool(ex.get("tf32")),
+                              version_compatible=bool(ex.get("version_compatible")), precision=opts.precision)
+    with progress.step(f"building the TensorRT engine (profile {batch[0]}:{batch[1]}:{batch[2]})"):
+        info = tb.build_engine(tmp / "model.onnx", tmp / "model.engine", options)
+    manifest["files"]["model.engine"] = file_entry(tmp / "model.engine")
+    manifest["trt"] = info
+    manifest["versions"] = {**manifest["versions"], **versions("tensorrt", "tensorrt_cu13_bindings"),
+                            "tensorrt_runtime": info["trt_version"]}
+    partial = {**manifest, "target": "trt", "precision": opts.precision,
+               "inputs": [{"dtype": "float16" if opts.io == "fp16" else "float32"}]}
+    engine = open_artefact(tmp, partial)
+    ort = open_artefact(tmp, {**partial, "target": "onnx"})
+    cuda = torch.device("cuda")
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(ex.get("tf32"))
+    try:
+        with progress.step(f"verifying the engine at batch {batch[0]}, {batch[1]}, {batch[2]}"):
+            gpu = run_checks(model.to(cuda), spec, opts.precision, tuple(sorted(set(batch))),
+                             {"tensorrt": engine, ort.backend: ort}, opts.seed)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+        model.to("cpu")
+    report.checks += gpu.checks
+    report.divergence = report.divergence or gpu.divergence
+    return manifest, report
+
+
+RUNNERS: dict[str, Callable[..., tuple[dict[str, Any], Report]]] = {"torch": torch_target, "onnx": onnx_target,
+                                                                   "trt": trt_target}

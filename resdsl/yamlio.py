@@ -13,6 +13,7 @@ tree into dicts, lists and scalars ourselves, refusing on the way:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ def read_yaml(path: Path) -> Located:
         line = text[: e.position].count("\n") + 1
         raise fail(f"character #x{e.character:04x} is not allowed in YAML text; remove it", line) from None
     try:
+        _check_depth(text, fail)  # PyYAML's composer recurses: bound the depth before it runs
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -106,11 +108,32 @@ def read_yaml(path: Path) -> Located:
         raise fail(f"YAML syntax error: {e.problem or e.context}", line, col) from None
     except yaml.YAMLError as e:
         raise fail(f"YAML error: {e}") from None
+    except RecursionError:
+        raise fail(f"nested too deeply (more than {MAX_DEPTH} levels); a spec needs four") from None
     finally:
         loader.dispose()
     if root is None:
         raise fail("the file is empty; a spec starts with 'resdsl: 1'")
     return _Builder(name, loader).build(root)
+
+
+_OPEN = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
+         yaml.FlowSequenceStartToken)
+_CLOSE = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+
+
+def _check_depth(text: str, fail: Callable[..., SpecError]) -> None:
+    """Scan tokens (iteratively) and refuse nesting deeper than MAX_DEPTH."""
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, _OPEN):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = token.start_mark
+                raise fail(f"nested more than {MAX_DEPTH} levels deep; a spec needs four", mark.line + 1,
+                           mark.column + 1)
+        elif isinstance(token, _CLOSE):
+            depth -= 1
 
 
 def _tag(tag: str) -> str:

@@ -193,3 +193,15 @@ def test_cuda_matches_cpu() -> None:
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model.cuda()(x.cuda()).cpu(), model.cpu()(x), rtol=1e-3, atol=1e-3)
+
+
+def test_average_pool_stem() -> None:
+    spec = loads(TINY.replace("stem: {conv: {channels: 8, kernel: 3, stride: 1}}",
+                              "stem: {conv: {channels: 8, kernel: 3, stride: 1}, pool: {kind: avg, kernel: 3, "
+                              "stride: 2}}") % ("basic", "B"))
+    model = build(spec).eval()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        out = model.forward_intermediates(x, ["relu", "stem_avgpool"])
+    pooled = nn.functional.avg_pool2d(out["relu"], 3, 2, 1)
+    torch.testing.assert_close(out["stem_avgpool"], pooled)

@@ -34,9 +34,10 @@ def to_float16(model: onnx.ModelProto, *, keep_io_fp32: bool = True) -> onnx.Mod
         initializer passed straight through).
     Post-conditions:
       - ``model`` is unchanged;
-      - every float32 initializer, Constant/ConstantOfShape value and
-        value_info is float16, and Casts/dtype attributes to float32 now give
-        float16; values below float16's smallest subnormal (6e-8) become 0;
+      - every float32 initializer, Constant value (``value_float(s)`` become a
+        float16 ``value``), ConstantOfShape value and value_info is float16, and
+        Casts/dtype attributes to float32 now give float16; values below
+        float16's smallest subnormal (6e-8) become 0;
       - with ``keep_io_fp32`` each float32 graph input and output keeps its name
         and float32 type, a Cast to float16 after the input (``NAME.fp16``) and
         a Cast back to float32 before the output (from ``NAME.fp16``); without
@@ -74,6 +75,11 @@ def to_float16(model: onnx.ModelProto, *, keep_io_fp32: bool = True) -> onnx.Mod
     for node in g.node:
         if node.op_type in _FLOAT32_PINNED:
             raise ValueError(f"fp16 pass: node {node.name!r} is a {node.op_type}, whose scales must stay float32")
+        scalars = ("value_float", "value_floats") if node.op_type == "Constant" else ()
+        for a in [a for a in node.attribute if a.name in scalars]:
+            value = np.array(a.f if a.name == "value_float" else list(a.floats), dtype=np.float32)
+            node.attribute.remove(a)
+            node.attribute.append(helper.make_attribute("value", half(numpy_helper.from_array(value, node.output[0]))))
         for a in node.attribute:
             if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
                 raise ValueError(f"fp16 pass: node {node.name!r} ({node.op_type}) has a subgraph")

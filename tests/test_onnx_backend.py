@@ -1,0 +1,238 @@
+"""The ONNX backend against torch's own output and ONNX Runtime: dynamic batch, layer names, fp16, corrupt files.
+
+Oracles: the eval-mode torch module (``model(x)``, ``model.forward_intermediates``)
+and ONNX Runtime / ``onnx`` run directly on the saved file, never values the
+backend computed itself. Each net is exported once per module (dynamo is ~5 s).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from resdsl import build
+from resdsl.backends import onnx as ob
+from resdsl.errors import BackendUnavailable, InputError
+from resdsl.passes.fp16 import to_float16
+from resdsl.spec import loads
+
+CIFAR = """resdsl: 1
+name: tiny
+input: {channels: 3, size: 32}
+block: basic
+shortcut: A
+stem: {conv: {channels: 16, kernel: 3, stride: 1}}
+stages:
+  - {width: 16, blocks: 1}
+  - {width: 32, blocks: 1, stride: 2}
+head: {classes: 10}
+"""
+R18 = """resdsl: 1
+name: resnet18-64
+input: {channels: 3, size: 64}
+block: basic
+shortcut: B
+stages:
+  - {width: 64, blocks: 2}
+  - {width: 128, blocks: 2, stride: 2}
+  - {width: 256, blocks: 2, stride: 2}
+  - {width: 512, blocks: 2, stride: 2}
+head: {classes: 1000}
+"""
+RTOL = 1e-4  # of the largest |value| of the torch tensor compared against
+FP16_TOL = 1e-2  # fp16 vs torch's fp32 logits, of the largest |logit| (seen: 9e-4 tiny, 1.3e-3 ResNet-18)
+
+
+def trained_looking(text: str) -> Any:
+    """A net whose BNs have non-trivial running statistics and affine terms, left in training mode."""
+    model = build(loads(text))
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
+            m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=gen) * 0.1)
+    return model.train()
+
+
+def batch_of(model: Any, n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, *model.graph.input.shape)).astype(np.float32)
+
+
+def torch_out(model: Any, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(x)).numpy()
+
+
+def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, ob.ExportInfo]]:
+    """tiny (dynamo), tiny at opset 17 (auto -> TorchScript), ResNet-18 at 64x64 (dynamo), all dynamic batch."""
+    d = tmp_path_factory.mktemp("onnx")
+    out = {}
+    for key, text, opset in (("tiny", CIFAR, 18), ("tiny17", CIFAR, 17), ("r18", R18, 18)):
+        model = trained_looking(text)
+        info = ob.export(model, d / f"{key}.onnx", opset=opset)
+        assert model.training, "export must put the module back in training mode"
+        out[key] = (model.eval(), info)
+    return out
+
+
+NETS = ["tiny", "tiny17", "r18"]
+
+
+@pytest.mark.parametrize("key", NETS)
+def test_same_file_matches_torch_at_batch_1_and_3(exported: dict, key: str) -> None:
+    model, info = exported[key]
+    sess = ort.InferenceSession(info.path, providers=["CPUExecutionProvider"])  # the file itself, no resdsl code
+    for n in (1, 3):
+        x = batch_of(model, n, seed=n)
+        got = sess.run(["logits"], {"input": x})[0]
+        assert got.shape == (n, model.graph.output.shape[0])
+        assert rel_err(got, torch_out(model, x)) < RTOL
+        assert rel_err(ob.run(ob.session(info.path, threads=1), x), torch_out(model, x)) < RTOL
+
+
+@pytest.mark.parametrize("key", NETS)
+def test_io_names_opset_and_symbolic_batch(exported: dict, key: str) -> None:
+    model, info = exported[key]
+    proto = onnx.load(info.path)
+    onnx.checker.check_model(info.path, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["logits"]
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset == info.opset >= 17 and opset == (17 if key == "tiny17" else 18)
+    assert info.exporter == ("torchscript" if key == "tiny17" else "dynamo")
+    for v in (proto.graph.input[0], proto.graph.output[0]):
+        dim = v.type.tensor_type.shape.dim[0]
+        assert dim.dim_param and not dim.HasField("dim_value")
+    assert info.input_shape == (dim.dim_param, *model.graph.input.shape)
+    assert info.output_shape == (dim.dim_param, *model.graph.output.shape)
+    assert not any(v.name.startswith(".") for v in Path(info.path).parent.iterdir()), "temporary file left behind"
+
+
+@pytest.mark.parametrize("key", NETS)
+def test_every_layer_found_by_module_path(exported: dict, key: str) -> None:
+    model, info = exported[key]
+    proto = onnx.load(info.path)
+    by_output = {o: n for n in proto.graph.node for o in n.output}
+    assert set(info.tensor_of) == {n.name for n in model.graph.nodes}
+    assert ob.tensor_map(info.path) == info.tensor_of
+    for node in model.graph.nodes[1:]:
+        producer = by_output[info.tensor_of[node.name]]
+        assert producer.name.startswith(f"{node.name}/"), (node.name, producer.name)
+    ops = {n.op: by_output[info.tensor_of[n.name]].op_type for n in model.graph.nodes[1:]}
+    assert {k: ops[k] for k in ("conv", "bn", "relu", "add", "fc")} == {
+        "conv": "Conv", "bn": "BatchNormalization", "relu": "Relu", "add": "Add", "fc": "Gemm"}
+    names = [n.name for n in model.graph.nodes]
+    x = batch_of(model, 2, seed=7)
+    got = ob.intermediates(info.path, [info.tensor_of[n] for n in names], x)
+    with torch.no_grad():
+        ref = model.forward_intermediates(torch.from_numpy(x), names)
+    for n in names:  # every conv (and every other layer) equals torch's output of the same module
+        assert rel_err(got[info.tensor_of[n]], ref[n].numpy()) < RTOL, n
+    assert [o.name for o in onnx.load(info.path).graph.output] == ["logits"], "intermediates edited the file"
+
+
+@pytest.mark.parametrize("key", ["tiny", "r18"])
+def test_fp16_conversion(exported: dict, key: str, tmp_path: Path) -> None:
+    model, info = exported[key]
+    x = batch_of(model, 16, seed=3)
+    ref = torch_out(model, x)
+    for keep in (True, False):
+        path = tmp_path / f"h{keep}.onnx"
+        ob.convert_fp16(info.path, path, keep_io_fp32=keep)
+        onnx.checker.check_model(str(path), full_check=True)
+        proto = onnx.load(path)
+        floats = [i for i in proto.graph.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+        assert floats and all(i.data_type == TensorProto.FLOAT16 for i in floats)
+        assert all(v.type.tensor_type.elem_type != TensorProto.FLOAT for v in proto.graph.value_info)
+        io = TensorProto.FLOAT if keep else TensorProto.FLOAT16
+        assert [v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.output)] == [io, io]
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"input": x if keep else x.astype(np.float16)})[0]
+        assert got.dtype == (np.float32 if keep else np.float16)
+        assert rel_err(got, ref) < FP16_TOL
+        top2 = np.sort(ref, axis=1)[:, -2:]
+        clear = (top2[:, 1] - top2[:, 0]) > 2 * FP16_TOL * np.abs(ref).max()  # top-1 decided beyond fp16 noise
+        assert clear.sum() >= 4 and (got.argmax(1) == ref.argmax(1))[clear].all()
+        if keep:  # layer outputs stay reachable by module path after the conversion
+            with torch.no_grad():
+                conv = model.forward_intermediates(torch.from_numpy(x), ["layer2.0.conv2"])["layer2.0.conv2"].numpy()
+            assert rel_err(ob.intermediates(path, ["layer2.0.conv2"], x)["layer2.0.conv2"], conv) < FP16_TOL
+
+
+def test_fp16_pass_refuses_weights_beyond_float16() -> None:
+    w = numpy_helper.from_array(np.array([1.0, 7e4], dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [w])
+    with pytest.raises(ValueError, match="'w' holds 70000"):
+        to_float16(helper.make_model(graph))
+
+
+def test_static_batch_rejects_batch_3(tmp_path: Path) -> None:
+    model = trained_looking(CIFAR)
+    info = ob.export(model, tmp_path / "static.onnx", dynamic_batch=False, batch=1, exporter="torchscript")
+    assert info.input_shape[0] == 1 and info.output_shape[0] == 1
+    x1, x3 = batch_of(model, 1), batch_of(model, 3)
+    sess = ort.InferenceSession(info.path, providers=["CPUExecutionProvider"])
+    assert rel_err(sess.run(None, {"input": x1})[0], torch_out(model, x1)) < RTOL
+    with pytest.raises(Exception, match=r"(?i)dimension"):  # ONNX Runtime itself refuses it
+        sess.run(None, {"input": x3})
+    with pytest.raises(InputError, match="dynamic_batch=True"):
+        ob.run(ob.session(info.path), x3)
+
+
+def test_truncated_and_edited_files_are_input_errors(exported: dict, tmp_path: Path) -> None:
+    _, info = exported["tiny"]
+    data = Path(info.path).read_bytes()
+    weight = max(onnx.load(info.path).graph.initializer, key=lambda t: len(t.raw_data))
+    at = data.find(weight.raw_data) + len(weight.raw_data) // 2
+    edited = bytearray(data)
+    edited[at] ^= 0x10  # one bit of one weight: still a well-formed protobuf
+    onnx.checker.check_model(onnx.load_model_from_string(bytes(edited)))  # which onnx alone accepts
+    cases = {"truncated.onnx": data[: len(data) // 2], "edited.onnx": bytes(edited), "empty.onnx": b""}
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        for call in (ob.load_model, ob.session, lambda p: ob.intermediates(p, ["conv1"], np.zeros((1, 3, 32, 32)))):
+            with pytest.raises(InputError, match=re.escape(name)) as e:
+                call(tmp_path / name)
+            assert "protobuf" not in str(e.value).lower() and e.value.__cause__ is None
+    with pytest.raises(InputError, match=r"missing\.onnx"):
+        ob.session(tmp_path / "missing.onnx")
+
+
+def test_bad_options_and_names(exported: dict) -> None:
+    model, info = exported["tiny"]
+    with pytest.raises(InputError, match="opset 16"):
+        ob.export(model, "never.onnx", opset=16)
+    with pytest.raises(InputError, match="'fast'"):
+        ob.export(model, "never.onnx", exporter="fast")
+    with pytest.raises(InputError, match="layer9"):
+        ob.intermediates(info.path, ["layer9.0.conv1"], batch_of(model, 1))
+    assert not Path("never.onnx").exists()
+
+
+def test_import_is_cheap_and_missing_packages_say_how_to_install(exported: dict, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    code = ("import sys, resdsl.backends.onnx; "
+            "assert not {'torch', 'onnx', 'onnxruntime', 'onnxscript'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    with pytest.raises(BackendUnavailable, match=r"pip install 'resdsl\[onnx\]'"):
+        ob.session(exported["tiny"][1].path)
