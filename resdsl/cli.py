@@ -83,8 +83,8 @@ def cmd_table(args: argparse.Namespace) -> int:
         rows.append(summary_row(spec, count(expand(spec)), args.unit))
     print(summary_header(args.unit))
     print("\n".join(rows))
-    for e in errors:
-        print(e, file=sys.stderr)
+    for message in errors:
+        print(message, file=sys.stderr)
     return 2 if errors else 0
 
 

@@ -7,10 +7,14 @@ leave open are taken from the authors' released code and noted where made.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .ir import Graph, Node
 from .spec import Spec
+
+#: block-local part -> (module path, Table 1 label), e.g. "conv1" -> ("layer2.0.conv1", "conv3_x.0.conv1")
+Namer = Callable[[str], tuple[str, str]]
 
 
 class _Builder:
@@ -117,7 +121,7 @@ def _block(b: _Builder, spec: Spec, x: Node, name: str, label: str, stage: str, 
     return out if spec.preact else b.relu(*n("relu"), stage=stage, x=out)
 
 
-def _postact_body(b: _Builder, spec: Spec, x: Node, n: Any, stage: str, width: int, out_ch: int,
+def _postact_body(b: _Builder, spec: Spec, x: Node, n: Namer, stage: str, width: int, out_ch: int,
                   stride: int) -> Node:
     """conv-BN-ReLU stacks of the 2015 paper, up to (not including) the addition."""
     if not spec.bottleneck:
@@ -132,7 +136,7 @@ def _postact_body(b: _Builder, spec: Spec, x: Node, n: Any, stage: str, width: i
     return b.bn(*n("bn3"), stage=stage, residual_end=True, x=b.conv(*n("conv3"), h, out_ch, 1, 1, stage))
 
 
-def _preact_body(b: _Builder, spec: Spec, h: Node, n: Any, stage: str, width: int, out_ch: int,
+def _preact_body(b: _Builder, spec: Spec, h: Node, n: Namer, stage: str, width: int, out_ch: int,
                  stride: int) -> Node:
     """BN-ReLU-conv stacks of "Identity Mappings", after the unit's first BN-ReLU."""
     if not spec.bottleneck:

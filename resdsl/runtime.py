@@ -45,7 +45,7 @@ class Artefact:
 
             def run(x: np.ndarray) -> np.ndarray:
                 with torch.no_grad():
-                    return model(torch.from_numpy(x)).numpy()
+                    return np.asarray(model(torch.from_numpy(x)).numpy())
 
             self.backend = "torch"
             return run

@@ -142,6 +142,7 @@ def validate(doc: Located) -> Spec:
         _cross_checks(c, block, shortcut, expansion, groups, wpg, stem, stages)
     if c.problems:
         raise SpecError(c.problems)
+    assert in_size is not None and stem is not None and stages is not None  # every getter succeeded
     return Spec(name=name, block=block, shortcut=shortcut, downsample=downsample if bottleneck else "1x1",
                 expansion=expansion, groups=groups, width_per_group=wpg, zero_init_residual=zero_init,
                 in_channels=in_ch, in_size=in_size, stem=stem, stages=tuple(stages), classes=classes,

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import InputError
 from .layout import specs_fitting, state_layout
+
+if TYPE_CHECKING:
+    from .backends.torch import ResNet
 
 SHOW = 5
 
@@ -54,11 +57,11 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     return state, fmt
 
 
-def load_into(model: torch.nn.Module, path: str | Path, spec_source: str | None = None) -> dict[str, Any]:
+def load_into(model: ResNet, path: str | Path, spec_source: str | None = None) -> dict[str, Any]:
     """Strictly load ``path`` into ``model``; return the manifest's ``weights`` entry."""
     path = Path(path)
     state, fmt = read_state(path)
-    graph = model.graph  # type: ignore[attr-defined]
+    graph = model.graph
     want = dict(state_layout(graph))
     have = {k: tuple(v.shape) for k, v in state.items()}
     missing = [k for k in want if k not in have]

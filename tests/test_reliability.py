@@ -122,7 +122,7 @@ def test_two_compiles_into_one_directory(tmp_path: Path) -> None:
     out = tmp_path / "same"
     procs = [subprocess.Popen(_compile_cmd(out, "specs/resnet50.yaml"), cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    results = [(*p.communicate(timeout=300), p.returncode) for p in procs]
     codes = sorted(r[2] for r in results)
     assert codes == [0, 2], results
     loser = next(r for r in results if r[2] == 2)

@@ -275,6 +275,10 @@ def load_model(path: PathLike) -> onnx.ModelProto:
     except Exception:
         raise InputError(f"{path}: not a readable ONNX model: it does not parse (truncated or corrupted); {_FIX}") \
             from None
+    external = [t.name for t in _tensors(proto) if t.data_location == 1]  # TensorProto.EXTERNAL
+    if external:  # resdsl's files are self-contained; external data could name any file on the machine
+        raise InputError(f"{path}: tensors {external[:3]} point at external data files; resdsl artefacts hold "
+                         f"their weights inside model.onnx, so this file was not made by resdsl; {_FIX}")
     try:  # a file with resdsl's metadata must carry the digest of the rest (an edited key may not even be a str)
         stamped, digest = _digest(proto)
         ours = any(str(p.key).startswith("resdsl.") for p in proto.metadata_props)
@@ -289,6 +293,15 @@ def load_model(path: PathLike) -> onnx.ModelProto:
     except Exception as e:
         raise InputError(f"{path}: not a valid ONNX model ({str(e).splitlines()[0]}); {_FIX}") from None
     return proto
+
+
+def _tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Initializers and the tensors held in node attributes (Constant values)."""
+    out = list(proto.graph.initializer)
+    for node in proto.graph.node:
+        out += [a.t for a in node.attribute if a.HasField("t")]
+        out += [t for a in node.attribute for t in a.tensors]
+    return out
 
 
 def tensor_map(path: PathLike) -> dict[str, str]:

@@ -100,7 +100,8 @@ class ResNet(nn.Module):
             values[i] = fn(*[values[a] for a in args])
             for f in free:
                 values[f] = None
-        return values[-1]
+        out: torch.Tensor = values[-1]
+        return out
 
     def forward_intermediates(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Run the net and return the outputs of the named nodes (all when ``names`` is None)."""

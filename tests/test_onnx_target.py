@@ -1,0 +1,148 @@
+"""Every spec compiles to ONNX and verifies; torchvision's golden logits through ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from resdsl.pipeline import CompileOptions, compile_spec
+from resdsl.runtime import load as load_artefact
+
+from .conftest import DEEP, ROOT, SPECS, VALID_SPECS, spec_id
+from .test_torch_backend import reference_weights
+
+SWEEP = [pytest.param(p, marks=pytest.mark.slow) if p.name in DEEP else p for p in VALID_SPECS]
+
+
+@pytest.mark.parametrize("path", SWEEP, ids=spec_id)
+def test_every_spec_compiles_to_onnx_and_verifies(path: Path, tmp_path: Path) -> None:
+    out, m = compile_spec(path, CompileOptions(target="onnx", out=tmp_path / "a"))
+    v = m["verification"]
+    assert v["passed"] and v["flops"]["passed"]
+    assert [c["batch"] for c in v["checks"]] == [1, 3]        # batch 1 and batch 3 on the same file
+    assert m["inputs"][0]["shape"][0] == "batch" and m["batch"]["dynamic"]
+    assert all(c["rel"] <= 1e-4 and c["top1_agree"] == 1.0 for c in v["checks"])
+    import onnx
+
+    proto = onnx.load(out / "model.onnx", load_external_data=False)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param            # symbolic batch
+    assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["logits"]
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+
+
+@pytest.fixture(scope="module")
+def golden_tree(tmp_path_factory: pytest.TempPathFactory, tv_layout: dict) -> Path:
+    """specs/ copied, plus resnet50-tv at the 64x64 input the golden logits were made with."""
+    root = tmp_path_factory.mktemp("golden")
+    shutil.copytree(SPECS, root / "specs")
+    (root / "specs" / "golden50.yaml").write_text(
+        "resdsl: 1\nextends: torchvision/resnet50.yaml\nname: golden50\ninput: {size: 64}\nexpect: null\n")
+    torch.save(reference_weights(tv_layout["resnet50"]["state_dict"]), root / "resnet50-reference.pth")
+    return root
+
+
+def test_resnet50_torchvision_golden_logits_through_onnxruntime(golden_tree: Path, tv_logits: dict,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(golden_tree)
+    out, m = compile_spec("specs/golden50.yaml", CompileOptions(target="onnx", out=Path("art"),
+                                                                weights=Path("resnet50-reference.pth")))
+    assert m["weights"]["kind"] == "file"
+    art = load_artefact(out)
+    assert art.backend.startswith("onnxruntime")
+    x = torch.linspace(-1, 1, 3 * 64 * 64).reshape(1, 3, 64, 64).numpy()
+    gold = np.array(tv_logits["resnet50"])
+    np.testing.assert_allclose(art(x)[0], gold, rtol=1e-4, atol=1e-4 * np.abs(gold).max())
+
+
+def test_fp16_onnx_compiles_verifies_and_keeps_fp32_io(tmp_path: Path) -> None:
+    out, m = compile_spec(SPECS / "cifar" / "resnet56.yaml",
+                          CompileOptions(target="onnx", out=tmp_path / "h", precision="fp16"))
+    import onnx
+
+    proto = onnx.load(out / "model.onnx")
+    assert m["precision"] == "fp16" and m["verification"]["tolerance"]["rel"] == 3e-2
+    assert {t.data_type for t in proto.graph.initializer if t.data_type in (1, 10)} == {10}  # all float16
+    assert proto.graph.input[0].type.tensor_type.elem_type == 1                           # float32 input
+    out2, m2 = compile_spec(SPECS / "cifar" / "resnet20.yaml",
+                            CompileOptions(target="onnx", out=tmp_path / "h2", precision="fp16", io="fp16"))
+    assert m2["inputs"][0]["dtype"] == "float16"
+    y = load_artefact(out2)(np.zeros((2, 3, 32, 32), np.float32))
+    assert y.dtype == np.float32 and y.shape == (2, 10)
+
+
+def test_broken_onnx_artefacts_are_refused(tmp_path: Path) -> None:
+    out, _ = compile_spec(SPECS / "cifar" / "resnet20.yaml", CompileOptions(target="onnx", out=tmp_path / "a"))
+    from resdsl import InputError
+
+    for name, damage in (("trunc", lambda b: b[: len(b) // 2]), ("flip", lambda b: b[:100] + bytes([b[100] ^ 1])
+                                                                   + b[101:])):
+        d = tmp_path / name
+        shutil.copytree(out, d)
+        (d / "model.onnx").write_bytes(damage((d / "model.onnx").read_bytes()))
+        with pytest.raises(InputError, match=r"model\.onnx"):
+            load_artefact(d)
+    # hashes re-recorded by an attacker: the file is still refused if it points at external data
+    import onnx
+
+    d = tmp_path / "external"
+    shutil.copytree(out, d)
+    proto = onnx.load(d / "model.onnx")
+    init = proto.graph.initializer[0]
+    init.data_location = onnx.TensorProto.EXTERNAL
+    init.ClearField("raw_data")
+    entry = init.external_data.add()
+    entry.key, entry.value = "location", "../../../etc/passwd"
+    from resdsl.backends import onnx as ob
+
+    ob._digest(proto)  # an attacker can re-stamp the sha256 inside the file and the manifest's too
+    proto.metadata_props.add(key=ob.DIGEST_KEY, value=ob._digest(proto)[1])
+    (d / "model.onnx").write_bytes(proto.SerializeToString())
+    from resdsl.manifest import file_entry
+
+    m = json.loads((d / "manifest.json").read_text())
+    m["files"]["model.onnx"] = file_entry(d / "model.onnx")
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(InputError, match="external"):
+        load_artefact(d)
+
+
+def test_verification_names_the_first_diverging_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Corrupt one layer of the exported file: compile fails (exit 1) naming that layer, writes nothing."""
+    from resdsl import VerificationError
+    from resdsl.backends import onnx as ob
+
+    real = ob.export
+
+    def export_then_damage(model, path, **kw):  # type: ignore[no-untyped-def]
+        info = real(model, path, **kw)
+        import onnx
+
+        proto = onnx.load(path)
+        w = next(t for t in proto.graph.initializer if t.name.startswith("layer2.1.conv2"))
+        arr = onnx.numpy_helper.to_array(w) * 1.5
+        w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+        ob._digest(proto)  # drop the old stamp; _save stamps the new content, so the file still loads
+        ob._save(proto, Path(path))
+        return info
+
+    monkeypatch.setattr(ob, "export", export_then_damage)
+    with pytest.raises(VerificationError, match=r"first diverging layer: layer2\.1\.conv2 \(conv3_x\.1\.conv2\)"):
+        compile_spec(SPECS / "cifar" / "resnet20.yaml", CompileOptions(target="onnx", out=tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_onnx_verify_command_and_runtime(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out, _ = compile_spec(SPECS / "preact" / "resnet164.yaml", CompileOptions(target="onnx", out=tmp_path / "p"))
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "verify", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and "onnxruntime-cpu batch 3" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "python" / "classify.py"), str(out)],
+                       capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 6
