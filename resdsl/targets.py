@@ -189,5 +189,12 @@ def trt_target(model: Any, spec: Spec, opts: Any, batch: Batch, tmp: Path, progr
     return manifest, report
 
 
+def aoti_target(*args: Any) -> tuple[dict[str, Any], Report]:
+    """model.pt2 from torch's AOTInductor; see :mod:`resdsl.backends.aoti`."""
+    from .backends import aoti
+
+    return aoti.aoti_target(*args)
+
+
 RUNNERS: dict[str, Callable[..., tuple[dict[str, Any], Report]]] = {"torch": torch_target, "onnx": onnx_target,
-                                                                   "trt": trt_target}
+                                                                   "trt": trt_target, "aoti": aoti_target}

@@ -1,0 +1,229 @@
+// resdsl_trt DIR [IMAGE.bin]
+//
+// Runs a resdsl TensorRT artefact (`resdsl compile --target trt`) with the TensorRT 10/11 C++ runtime and prints
+// the top-5 logits as "index score" lines. Names, shapes and dtypes come from DIR/manifest.json; DIR/model.engine
+// is checked against the manifest's sha256, TensorRT version and GPU compute capability before it is
+// deserialized (deserializing an engine runs code from it). IMAGE.bin holds one image as raw little-endian
+// float32 in C*H*W order; without it the input is linspace(-1, 1, C*H*W) reshaped to (1, C, H, W).
+// Exit status: 0 ok, 1 failure (message on stderr), 2 usage.
+#include <NvInfer.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <iterator>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "resdsl_manifest.hpp"
+
+static_assert(NV_TENSORRT_MAJOR >= 10, "resdsl_trt needs TensorRT 10 or newer (enqueueV3, 64-bit Dims)");
+
+namespace {
+
+void cuda_check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+class Logger : public nvinfer1::ILogger {
+ public:
+  void log(Severity severity, const char* msg) noexcept override {
+    if (severity <= Severity::kWARNING) std::fprintf(stderr, "TensorRT: %s\n", msg);
+  }
+};
+
+// Device memory freed on every path out.
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  explicit DeviceBuffer(size_t bytes) { cuda_check(cudaMalloc(&ptr, bytes), "cudaMalloc"); }
+  ~DeviceBuffer() { if (ptr) cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() { cuda_check(cudaStreamCreate(&s), "cudaStreamCreate"); }
+  ~Stream() { cudaStreamDestroy(s); }
+  operator cudaStream_t() const { return s; }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+};
+
+// IEEE binary16 <-> binary32 on the host, round to nearest even (for --io fp16 engines).
+uint16_t to_half(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u, fexp = (x >> 23) & 0xFFu;
+  uint32_t mant = x & 0x7FFFFFu;
+  if (fexp == 0xFF) return uint16_t(sign | 0x7C00u | (mant ? 0x200u : 0u));
+  const int32_t exp = int32_t(fexp) - 127 + 15;
+  if (exp >= 31) return uint16_t(sign | 0x7C00u);
+  if (exp <= 0) {
+    if (exp < -10) return uint16_t(sign);
+    mant |= 0x800000u;
+    const uint32_t shift = uint32_t(14 - exp), half = mant >> shift, rem = mant & ((1u << shift) - 1u);
+    const uint32_t mid = 1u << (shift - 1);
+    return uint16_t(sign | (half + ((rem > mid || (rem == mid && (half & 1u))) ? 1u : 0u)));
+  }
+  uint32_t half = (uint32_t(exp) << 10) | (mant >> 13);
+  const uint32_t rem = mant & 0x1FFFu;
+  if (rem > 0x1000u || (rem == 0x1000u && (half & 1u))) ++half;  // a carry into the exponent is still right
+  return uint16_t(sign | half);
+}
+
+float from_half(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
+  if (exp == 0) {
+    float f = std::ldexp(float(mant), -24);
+    return sign ? -f : f;
+  }
+  const uint32_t bits = sign | (exp == 31 ? 0x7F800000u | (mant << 13) : ((exp + 112) << 23) | (mant << 13));
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+std::vector<float> make_input(int64_t per_image, const char* image_path) {
+  std::vector<float> x(static_cast<size_t>(per_image));
+  if (image_path) {
+    const std::string bytes = resdsl::read_file(image_path);
+    if (bytes.size() != x.size() * sizeof(float))
+      throw std::runtime_error(std::string(image_path) + " holds " + std::to_string(bytes.size()) +
+                               " bytes; the engine takes one image of " + std::to_string(per_image) +
+                               " float32 values (C*H*W order)");
+    std::memcpy(x.data(), bytes.data(), bytes.size());
+  } else {  // torch.linspace(-1, 1, n) to within 1 ulp: from the start for the first half, from the end after
+    const double step = per_image > 1 ? 2.0 / double(per_image - 1) : 0.0;
+    for (int64_t i = 0; i < per_image; ++i)
+      x[size_t(i)] = i < per_image / 2 ? float(-1.0 + step * double(i)) : float(1.0 - step * double(per_image - 1 - i));
+  }
+  return x;
+}
+
+// Refuse an engine this TensorRT or GPU cannot run, before deserializing it (as resdsl.runtime does).
+void check_engine(const resdsl::Json& trt, bool version_compatible) {
+  const int32_t v = getInferLibVersion();  // TensorRT >= 10: MAJOR * 10000 + MINOR * 100 + PATCH
+  const std::string here = std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." +
+                           std::to_string(v % 100);
+  const std::string built = trt.at("trt_version").str;
+  const bool same = built.compare(0, here.size(), here) == 0 &&
+                    (built.size() == here.size() || built[here.size()] == '.');
+  if (!same && !version_compatible)
+    throw std::runtime_error("the engine was built with TensorRT " + built + " but this program runs TensorRT " +
+                             here + "; engines only load in the TensorRT that built them: rebuild it here with "
+                             "`resdsl compile --target trt`, or build it with --version-compatible");
+  int dev = 0, major = 0, minor = 0;
+  cuda_check(cudaGetDevice(&dev), "cudaGetDevice (is there an NVIDIA GPU and driver?)");
+  cuda_check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+  cuda_check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+  const std::string cc = std::to_string(major) + "." + std::to_string(minor);
+  if (trt.at("compute_capability").str != cc)
+    throw std::runtime_error("the engine was built for compute capability " + trt.at("compute_capability").str +
+                             " but this GPU is " + cc + "; engines are tied to the GPU architecture: rebuild it here");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || argc > 3) {
+    std::fprintf(stderr, "usage: %s DIR [IMAGE.bin]\n  DIR: a resdsl trt artefact (manifest.json, model.engine)\n"
+                 "  IMAGE.bin: one input image, raw float32 C*H*W (default: linspace(-1, 1, C*H*W))\n", argv[0]);
+    return 2;
+  }
+  try {
+    const std::string dir = argv[1];
+    const resdsl::Json m = resdsl::read_manifest(dir);
+    if (m.at("target").str != "trt")
+      throw std::runtime_error(dir + " holds a '" + m.at("target").str + "' artefact; this program runs trt ones "
+                               "(resdsl compile --target trt)");
+    const resdsl::Json& trt = m.at("trt");
+    const resdsl::Json* opts = trt.find("options");
+    const resdsl::Json* vc = opts ? opts->find("version_compatible") : nullptr;
+    const bool version_compatible = vc && vc->boolean;
+    check_engine(trt, version_compatible);
+    const resdsl::TensorInfo in = resdsl::tensor_info(m, "inputs"), out = resdsl::tensor_info(m, "outputs");
+
+    resdsl::check_file(dir, m, "model.engine");  // sha256 before deserializing: an engine is executable code
+    const std::string blob = resdsl::read_file(dir + "/model.engine");
+    Logger logger;
+    std::unique_ptr<nvinfer1::IRuntime> runtime{nvinfer1::createInferRuntime(logger)};
+    if (!runtime) throw std::runtime_error("could not create the TensorRT runtime");
+    runtime->setEngineHostCodeAllowed(version_compatible);  // version-compatible engines embed a lean runtime
+    std::unique_ptr<nvinfer1::ICudaEngine> engine{runtime->deserializeCudaEngine(blob.data(), blob.size())};
+    if (!engine) throw std::runtime_error(dir + "/model.engine: TensorRT could not deserialize it (see above)");
+    std::unique_ptr<nvinfer1::IExecutionContext> context{engine->createExecutionContext()};
+    if (!context) throw std::runtime_error("could not create an execution context");
+
+    for (const resdsl::TensorInfo* t : {&in, &out}) {
+      const nvinfer1::DataType dt = engine->getTensorDataType(t->name.c_str());
+      const bool ok = engine->getTensorIOMode(t->name.c_str()) != nvinfer1::TensorIOMode::kNONE &&
+                      ((t->dtype == "float32" && dt == nvinfer1::DataType::kFLOAT) ||
+                       (t->dtype == "float16" && dt == nvinfer1::DataType::kHALF));
+      if (!ok) throw std::runtime_error("the engine has no " + t->dtype + " tensor '" + t->name +
+                                        "' as manifest.json says; rebuild it with resdsl");
+    }
+    // The profile's smallest batch; a fixed-batch engine (--batch N) takes exactly N: repeat the image.
+    const auto batch = int64_t(m.at("batch").at("min").number);
+    const int64_t per_image = in.numel_per_item();
+    const std::vector<float> image = make_input(per_image, argc == 3 ? argv[2] : nullptr);
+    nvinfer1::Dims dims{};
+    dims.nbDims = int32_t(in.shape.size());
+    for (int32_t i = 0; i < dims.nbDims; ++i) dims.d[i] = i == 0 ? batch : in.shape[size_t(i)];
+    if (!context->setInputShape(in.name.c_str(), dims))
+      throw std::runtime_error("TensorRT rejected the input shape (batch " + std::to_string(batch) + ")");
+    const nvinfer1::Dims od = context->getTensorShape(out.name.c_str());
+    int64_t out_count = 1;
+    for (int32_t i = 0; i < od.nbDims; ++i) out_count *= od.d[i];
+    const int64_t classes = out_count / batch;
+
+    const bool half_in = in.dtype == "float16", half_out = out.dtype == "float16";
+    std::vector<uint16_t> in16;
+    std::vector<float> in32;
+    for (int64_t b = 0; b < batch; ++b) {
+      if (half_in) std::transform(image.begin(), image.end(), std::back_inserter(in16), to_half);
+      else in32.insert(in32.end(), image.begin(), image.end());
+    }
+    const size_t in_bytes = half_in ? in16.size() * 2 : in32.size() * 4;
+    const size_t out_bytes = size_t(out_count) * (half_out ? 2 : 4);
+    DeviceBuffer d_in(in_bytes), d_out(out_bytes);
+    Stream stream;
+    std::vector<unsigned char> host_out(out_bytes);
+    cuda_check(cudaMemcpyAsync(d_in.ptr, half_in ? static_cast<const void*>(in16.data()) : in32.data(), in_bytes,
+                               cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+    context->setTensorAddress(in.name.c_str(), d_in.ptr);
+    context->setTensorAddress(out.name.c_str(), d_out.ptr);
+    const bool ran = context->enqueueV3(stream);
+    cuda_check(cudaMemcpyAsync(host_out.data(), d_out.ptr, out_bytes, cudaMemcpyDeviceToHost, stream),
+               "cudaMemcpyAsync");
+    cuda_check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    if (!ran) throw std::runtime_error("enqueueV3 failed (see TensorRT's messages above)");
+
+    std::vector<float> logits(static_cast<size_t>(classes));  // first image of the batch
+    for (int64_t c = 0; c < classes; ++c) {
+      if (half_out) {
+        uint16_t h;
+        std::memcpy(&h, host_out.data() + 2 * c, 2);
+        logits[size_t(c)] = from_half(h);
+      } else {
+        std::memcpy(&logits[size_t(c)], host_out.data() + 4 * c, 4);
+      }
+    }
+    std::vector<int64_t> order(logits.size());
+    std::iota(order.begin(), order.end(), 0);
+    const size_t k = std::min<size_t>(5, order.size());
+    std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                      [&](int64_t a, int64_t b) { return logits[size_t(a)] > logits[size_t(b)]; });
+    for (size_t i = 0; i < k; ++i)
+      std::printf("%lld %.9g\n", static_cast<long long>(order[i]), logits[size_t(order[i])]);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "resdsl_trt: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
