@@ -102,17 +102,8 @@ def measure(fn: Callable[[Any], Any], x: Any, seconds: float, warmup: int, laten
 
 def artefact(spec: Path, target: str, precision: str, batch: int, work: Path, a: argparse.Namespace) -> Path:
     """A verified aoti or trt artefact for one batch size, made by ``resdsl compile``."""
-    from resdsl import targets
     from resdsl.pipeline import CompileOptions, compile_spec
 
-    if target == "aoti" and "aoti" not in targets.RUNNERS:  # until targets.py registers it
-        from resdsl.backends import aoti
-
-        targets.RUNNERS["aoti"] = aoti.aoti_target
-    if target not in targets.RUNNERS:
-        from resdsl.errors import BackendUnavailable
-
-        raise BackendUnavailable(f"this resdsl has no {target} target yet")
     out = work / f"{spec.stem}-{target}-{precision}-b{batch}"
     extra = {"device": "cuda", "workspace": a.workspace, "opt_level": 3, "timing_cache": work / "timing-cache",
              "tf32": False, "version_compatible": False}

@@ -32,13 +32,8 @@ _COMPILED: dict[Path, Path] = {}
 def aoti_artefact(spec: Path, factory: pytest.TempPathFactory) -> Path:
     """Compile ``spec`` to an aoti CPU artefact with batch 1:1:4, once per test session."""
     if spec not in _COMPILED:
-        from resdsl import targets
-
         out = factory.mktemp("aoti") / spec.stem
-        with pytest.MonkeyPatch.context() as mp:
-            if "aoti" not in targets.RUNNERS:  # until targets.py registers it
-                mp.setitem(targets.RUNNERS, "aoti", aoti.aoti_target)
-            compile_spec(spec, CompileOptions(target="aoti", out=out, batch="1:1:4", extra={"device": "cpu"}))
+        compile_spec(spec, CompileOptions(target="aoti", out=out, batch="1:1:4", extra={"device": "cpu"}))
         _COMPILED[spec] = out
     return _COMPILED[spec]
 
