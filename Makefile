@@ -16,14 +16,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-# Main job: validate every spec, reproduce Table 1, then compile SPEC to ONNX and verify it.
+# Main job: validate every spec, reproduce Table 1, then compile SPEC to ONNX, verify it, and check it again.
 demo: $(VENV)/.installed
 	$(BIN)/resdsl check -q $$(find specs -name "*.yaml" -not -path "specs/invalid/*" | sort)
 	$(BIN)/resdsl table specs/resnet18.yaml specs/resnet34.yaml specs/resnet50.yaml specs/resnet101.yaml specs/resnet152.yaml
 	$(BIN)/resdsl flops $(SPEC)
+	$(BIN)/resdsl compile $(SPEC) --target onnx -o build/demo --force
+	$(BIN)/resdsl verify build/demo
 
+# The whole suite, both cores (pytest-xdist); the deep nets are marked slow and run too.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check resdsl tests bench cli.py
@@ -31,6 +34,8 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/flops.py
+	$(BIN)/python bench/ort_vs_torch.py
+	$(BIN)/python bench/robustness.py
 
 clean:
 	rm -rf $(VENV) build
