@@ -115,6 +115,9 @@ def parser() -> argparse.ArgumentParser:
     from .commands import add_commands  # compile, verify: their heavy imports stay inside them
 
     add_commands(sub)
+    from .train_cli import add_train_commands  # train, plot: torch is imported inside them
+
+    add_train_commands(sub)
     return p
 
 

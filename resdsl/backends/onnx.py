@@ -41,6 +41,7 @@ import hashlib
 import importlib
 import io
 import json
+import logging
 import os
 import tempfile
 import time
@@ -113,6 +114,8 @@ def export(model: ResNet, path: PathLike, *, opset: int = 18, batch: int | None 
         param = next(model.parameters(), None)
         x = torch.randn(max(batch, 2) if dynamic_batch else batch, *model.graph.input.shape,  # 2: no 0/1 specialising
                         generator=torch.Generator().manual_seed(0)).to(param.device if param is not None else "cpu")
+        # torch.onnx logs a warning per torchvision op it cannot register; torchvision is not ours to need
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # the exporters warn about their own internals
             proto = _tidy((_dynamo if chosen == "dynamo" else _torchscript)(model, x, opset, dynamic_batch), opset)
