@@ -36,7 +36,8 @@ class Tally:
         self.notes: list[str] = []
 
     def row(self, outcome: str) -> str:
-        return f"| {self.kind} | {self.tried} | {outcome.format(clean=self.clean)} | {self.crashes} | {self.worst:.2f} s |"
+        result = outcome.format(clean=self.clean)
+        return f"| {self.kind} | {self.tried} | {result} | {self.crashes} | {self.worst:.2f} s |"
 
 
 def spec_attempt(t: Tally, path: Path) -> None:
