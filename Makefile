@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SPEC   ?= specs/resnet152.yaml
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-all lint bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ demo: $(VENV)/.installed
 	$(BIN)/resdsl compile $(SPEC) --target onnx -o build/demo --force
 	$(BIN)/resdsl verify build/demo
 
-# The whole suite, both cores (pytest-xdist); the deep nets are marked slow and run too.
+# The suite on both cores (pytest-xdist). Tests marked slow (ResNet-1202/1001 through ONNX, inductor)
+# run with `make test-all`.
 test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+test-all: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2
 
 lint: $(VENV)/.installed

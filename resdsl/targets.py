@@ -61,6 +61,12 @@ def run_checks(model: Any, spec: Spec, precision: str, batches: tuple[int, ...],
         device = next(model.parameters()).device
         with torch.no_grad():
             ref = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+        if not np.isfinite(ref).all():
+            from .errors import InputError
+
+            raise InputError(f"{spec.name}: the PyTorch module's own logits overflow to inf/NaN under these weights "
+                             "(very deep nets with random weights and untrained BN statistics do), so there is "
+                             "nothing to verify against; compile with trained --weights")
         for name, fn in backends.items():
             check = compare(np.asarray(fn(x), dtype=np.float32), ref, tol, name)
             report.checks.append(check)

@@ -21,6 +21,13 @@ SWEEP = [pytest.param(p, marks=pytest.mark.slow) if p.name in DEEP else p for p 
 
 @pytest.mark.parametrize("path", SWEEP, ids=spec_id)
 def test_every_spec_compiles_to_onnx_and_verifies(path: Path, tmp_path: Path) -> None:
+    if path.name in DEEP:  # random weights overflow in torch itself at this depth: refused cleanly, nothing written
+        from resdsl import InputError
+
+        with pytest.raises(InputError, match="overflow to inf/NaN"):
+            compile_spec(path, CompileOptions(target="onnx", out=tmp_path / "a"))
+        assert not (tmp_path / "a").exists()
+        return
     out, m = compile_spec(path, CompileOptions(target="onnx", out=tmp_path / "a"))
     v = m["verification"]
     assert v["passed"] and v["flops"]["passed"]
