@@ -13,9 +13,7 @@ file's source (``trt.X.Y`` chains, and attributes of the variables named in
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_bytes_atomic
 from ..errors import BackendUnavailable, InputError
 
 TRT_API: tuple[str, ...] = (
@@ -180,21 +179,6 @@ def timing_cache_key(options: BuildOptions, trt_version: str, gpu_name: str, com
             f"{'tf32' if options.tf32 else 'notf32'}-{'vc' if options.version_compatible else 'novc'}")
 
 
-def _atomic_write(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _make_logger(trt: Any) -> Any:
     """A TensorRT logger that keeps warnings and errors, so failures can say what TensorRT said."""
     class _Logger(trt.ILogger):  # type: ignore[misc]
@@ -280,10 +264,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildO
         raise InputError(f"{onnx_path}: TensorRT failed to build an engine (batch {prof}, workspace "
                          f"{options.workspace_mib} MiB){_said(logger)}; a larger --workspace may help.")
     data = memoryview(plan)
-    _atomic_write(engine_path, data)
+    write_bytes_atomic(engine_path, data)
     if cache_file is not None:
         cache = config.get_timing_cache()
-        _atomic_write(cache_file, memoryview(cache.serialize()))
+        write_bytes_atomic(cache_file, memoryview(cache.serialize()))
     opts = asdict(options)
     opts["profile"] = str(options.profile)
     opts["timing_cache"] = str(cache_file) if cache_file else None
