@@ -3,16 +3,25 @@
 1. Latency of the compiled resnet50 (torchvision layout) in ONNX Runtime against
    torch eager on the same module, batch 1 and 8, both on 2 threads.
    Goal: ORT at most 0.55x of eager at batch 1.
+
+   Each runtime is timed in a process of its own, in alternating rounds
+   (eager, ort, eager, ort, ...), and the figure is the median over rounds of
+   each round's median. In one process the two thread pools fight: ONNX
+   Runtime's workers spin after each run and torch's OpenMP pool does too, so
+   whichever runs second on 2 cores is slowed (measured: ORT 71 ms interleaved
+   with eager in one process, 55 ms alone). Separate rounds also spread the
+   drift of a shared machine over both sides.
 2. Whole-process time of ``resdsl compile specs/resnet152.yaml --target onnx``
    (build, export, check, verify, manifest) against a process that builds the
    same module and calls ``torch.onnx.export`` bare. Goal: at most 1.5x.
 
-Run: ``python bench/ort_vs_torch.py [--threads 2] [--repeat 20] [--skip-compile]``.
+Run: ``python bench/ort_vs_torch.py [--threads 2] [--rounds 5] [--repeat 20] [--skip-compile]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -24,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+SPEC = ROOT / "specs" / "torchvision" / "resnet50.yaml"
 
 BARE_EXPORT = """
 import sys, torch
@@ -34,41 +44,65 @@ torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), sys.argv[2], input_name
 """
 
 
-def latency(fn, x: np.ndarray, repeat: int) -> float:  # type: ignore[no-untyped-def]
-    for _ in range(3):
+def latency(fn, x: np.ndarray, repeat: int) -> list[float]:  # type: ignore[no-untyped-def]
+    for _ in range(5):
         fn(x)
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn(x)
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return times
 
 
-def runtime_ratio(threads: int, repeat: int, tmp: Path) -> None:
-    import torch
+def worker(which: str, model_path: str, batch: int, threads: int, repeat: int) -> None:
+    """One round in this process: print the latencies (s) of ``which`` at ``batch`` as JSON."""
+    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+    if which == "eager":
+        import torch
 
-    from resdsl import build
-    from resdsl.backends import onnx as ob
+        from resdsl import build
+
+        torch.set_num_threads(threads)
+        model = build(SPEC).eval()
+
+        def run(a: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(a)).numpy()
+    else:
+        from resdsl import runtime
+
+        art = runtime.load(Path(model_path).parent, threads=threads)  # what an application gets
+        assert art.backend == "onnxruntime-cpu", art.backend
+
+        def run(a: np.ndarray) -> np.ndarray:
+            return art(a)
+    print(json.dumps(latency(run, x, repeat)))
+
+
+def runtime_ratio(threads: int, repeat: int, rounds: int, tmp: Path) -> None:
     from resdsl.pipeline import CompileOptions, compile_spec
 
-    torch.set_num_threads(threads)
-    spec = ROOT / "specs" / "torchvision" / "resnet50.yaml"
-    out, _ = compile_spec(spec, CompileOptions(target="onnx", out=tmp / "r50", batch="1:1:8"))
-    sess = ob.session(out / "model.onnx", threads=threads)
-    model = build(spec).eval()
+    out, _ = compile_spec(SPEC, CompileOptions(target="onnx", out=tmp / "r50", batch="1:1:8"))
+    model = str(out / "model.onnx")
 
-    def eager(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
+    def one_round(which: str, b: int) -> float:
+        cmd = [sys.executable, __file__, "--worker", which, model, str(b), str(threads), str(repeat)]
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+        return statistics.median(json.loads(res.stdout.strip().splitlines()[-1]))
 
-    print(f"resnet50 (torchvision layout), 224x224, {threads} threads, median of {repeat}")
+    print(f"resnet50 (torchvision layout), 224x224, {threads} threads; each runtime in its own process, "
+          f"{rounds} alternating rounds of {repeat} runs; median of round medians")
     for b in (1, 8):
-        x = np.random.default_rng(0).standard_normal((b, 3, 224, 224), dtype=np.float32)
-        t_ort, t_eager = latency(lambda a: ob.run(sess, a), x, repeat), latency(eager, x, repeat)
+        med: dict[str, list[float]] = {"ort": [], "eager": []}
+        for _ in range(rounds):
+            for which in ("eager", "ort"):
+                med[which].append(one_round(which, b))
+        t_ort, t_eager = statistics.median(med["ort"]), statistics.median(med["eager"])
+        per_round = [o / e for o, e in zip(med["ort"], med["eager"], strict=True)]
         goal = "  (goal <= 0.55x: " + ("met)" if t_ort / t_eager <= 0.55 else "NOT met)") if b == 1 else ""
         print(f"  batch {b}: onnxruntime {t_ort * 1e3:7.1f} ms, torch eager {t_eager * 1e3:7.1f} ms, "
-              f"ratio {t_ort / t_eager:.2f}x{goal}")
+              f"ratio {t_ort / t_eager:.2f}x (rounds {min(per_round):.2f}..{max(per_round):.2f}){goal}")
 
 
 def compile_ratio(tmp: Path, repeat: int) -> None:
@@ -79,9 +113,11 @@ def compile_ratio(tmp: Path, repeat: int) -> None:
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         return time.perf_counter() - t
 
-    ours = [timed([sys.executable, "cli.py", "compile", spec, "--target", "onnx", "-o", str(tmp / "c152"),
-                   "--force"]) for _ in range(repeat)]
-    bare = [timed([sys.executable, "-c", BARE_EXPORT, spec, str(tmp / "bare.onnx")]) for _ in range(repeat)]
+    ours, bare = [], []
+    for _ in range(repeat):  # alternating, so drift of a shared machine falls on both
+        ours.append(timed([sys.executable, "cli.py", "compile", spec, "--target", "onnx", "-o", str(tmp / "c152"),
+                           "--force"]))
+        bare.append(timed([sys.executable, "-c", BARE_EXPORT, spec, str(tmp / "bare.onnx")]))
     o, b = statistics.median(ours), statistics.median(bare)
     print(f"resnet152: resdsl compile --target onnx {o:.1f} s (export, check, verify at 2 batch sizes, manifest); "
           f"bare torch.onnx.export {b:.1f} s; ratio {o / b:.2f}x (goal <= 1.5x: {'met' if o / b <= 1.5 else 'NOT met'})"
@@ -92,11 +128,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--worker", nargs=5, metavar=("WHICH", "MODEL", "BATCH", "THREADS", "REPEAT"),
+                    help=argparse.SUPPRESS)
     ap.add_argument("--compile-repeat", type=int, default=3)
     ap.add_argument("--skip-compile", action="store_true")
     a = ap.parse_args()
+    if a.worker:
+        which, model, b, t, r = a.worker
+        worker(which, model, int(b), int(t), int(r))
+        return
     with tempfile.TemporaryDirectory() as d:
-        runtime_ratio(a.threads, a.repeat, Path(d))
+        runtime_ratio(a.threads, a.repeat, a.rounds, Path(d))
         if not a.skip_compile:
             compile_ratio(Path(d), a.compile_repeat)
 

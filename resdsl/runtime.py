@@ -19,8 +19,10 @@ from .manifest import read_checked
 class Artefact:
     """A loaded artefact: ``art(x)`` takes a (N, C, H, W) numpy array or torch tensor, returns float32 logits."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, directory: Path, manifest: dict[str, Any], threads: int | None = None) -> None:
         self.directory = directory
+        self.threads = threads  # ONNX Runtime's intra-op threads (onnx target); None: its default, one per core
+        self.session: Any = None  # the onnxruntime.InferenceSession, for the onnx target
         self.manifest = manifest
         self.target: str = manifest["target"]
         io = manifest.get("inputs", [{}])[0].get("dtype", "float32")
@@ -52,7 +54,7 @@ class Artefact:
         if self.target == "onnx":
             from .backends import onnx as ob
 
-            sess = ob.session(d / "model.onnx")
+            sess = self.session = ob.session(d / "model.onnx", threads=self.threads)
             self.backend = "onnxruntime-" + ("cuda" if "CUDAExecutionProvider" in sess.get_providers() else "cpu")
             return lambda x: ob.run(sess, x)
         if self.target == "trt":
@@ -85,12 +87,16 @@ class Artefact:
         return np.asarray(self._run(np.ascontiguousarray(x, dtype=self._in_dtype)), dtype=np.float32)
 
 
-def open_artefact(directory: Path, manifest: dict[str, Any]) -> Artefact:
+def open_artefact(directory: Path, manifest: dict[str, Any], threads: int | None = None) -> Artefact:
     """Open a directory being compiled (no hash check: its manifest is not written yet)."""
-    return Artefact(Path(directory), {"inputs": [{}], **manifest})
+    return Artefact(Path(directory), {"inputs": [{}], **manifest}, threads)
 
 
-def load(directory: str | Path) -> Artefact:
-    """Check ``directory``'s manifest and hashes, then open the artefact it describes."""
+def load(directory: str | Path, *, threads: int | None = None) -> Artefact:
+    """Check ``directory``'s manifest and hashes, then open the artefact it describes.
+
+    ``threads`` sets ONNX Runtime's intra-op threads for an onnx artefact (default: one per core);
+    the other targets take their threads from torch (``torch.set_num_threads``).
+    """
     d = Path(directory)
-    return Artefact(d, read_checked(d))
+    return Artefact(d, read_checked(d), threads)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,25 @@ def test_same_file_matches_torch_at_batch_1_and_3(exported: dict, key: str) -> N
         assert got.shape == (n, model.graph.output.shape[0])
         assert rel_err(got, torch_out(model, x)) < RTOL
         assert rel_err(ob.run(ob.session(info.path, threads=1), x), torch_out(model, x)) < RTOL
+
+
+@pytest.mark.parametrize("key", NETS)
+def test_onnxruntime_folds_every_batchnorm_and_relu(exported: dict, key: str, tmp_path: Path) -> None:
+    """The speed of the onnx target rests on ORT folding BN into the convs and fusing the ReLUs: the file keeps BN
+    and ReLU as separate nodes (for per-layer comparison), so check that nothing in it blocks the fusions."""
+    _, info = exported[key]
+    raw = Counter(n.op_type for n in onnx.load(info.path).graph.node)
+    assert raw["BatchNormalization"] > 0 and raw["Relu"] > 0
+    opts = ort.SessionOptions()  # EXTENDED: the portable fusions, without ALL's CPU-specific NCHWc layouts
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(info.path, opts, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(tmp_path / "optimized.onnx").graph.node
+    ops, made_by = Counter(n.op_type for n in nodes), {t: n.op_type for n in nodes for t in n.output}
+    assert ops["BatchNormalization"] == 0 and ops["Conv"] + ops["FusedConv"] == raw["Conv"], ops
+    # at this level a ReLU stays only after a residual Add (level ALL fuses those into NCHWc convs as well)
+    assert {made_by.get(n.input[0]) for n in nodes if n.op_type == "Relu"} <= {"Add"}, ops
+    assert ops["FusedConv"] == raw["Relu"] - ops["Relu"] > 0, ops
 
 
 @pytest.mark.parametrize("key", NETS)

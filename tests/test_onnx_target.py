@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from resdsl.errors import InputError
 from resdsl.pipeline import CompileOptions, compile_spec
 from resdsl.runtime import load as load_artefact
 
@@ -64,6 +65,12 @@ def test_resnet50_torchvision_golden_logits_through_onnxruntime(golden_tree: Pat
     x = torch.linspace(-1, 1, 3 * 64 * 64).reshape(1, 3, 64, 64).numpy()
     gold = np.array(tv_logits["resnet50"])
     np.testing.assert_allclose(art(x)[0], gold, rtol=1e-4, atol=1e-4 * np.abs(gold).max())
+    # threads= reaches ONNX Runtime (an application sharing the cores) and changes nothing in the numbers
+    one = load_artefact(out, threads=1)
+    assert one.session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(one(x)[0], gold, rtol=1e-4, atol=1e-4 * np.abs(gold).max())
+    with pytest.raises(InputError, match="threads 0: must be at least 1"):
+        load_artefact(out, threads=0)
 
 
 def test_fp16_onnx_compiles_verifies_and_keeps_fp32_io(tmp_path: Path) -> None:
@@ -147,7 +154,12 @@ def test_onnx_verify_command_and_runtime(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    out, _ = compile_spec(SPECS / "preact" / "resnet164.yaml", CompileOptions(target="onnx", out=tmp_path / "p"))
+    # a pre-activation net (its own lowering) small enough to compile in seconds; the sweep above does resnet164
+    small = tmp_path / "preact20.yaml"
+    small.write_text((SPECS / "preact" / "resnet164.yaml").read_text().replace("blocks: 18", "blocks: 2")
+                     .replace("name: preact-resnet164-cifar", "name: preact-small")
+                     .replace("expect: {mparams: 1.7, mparams_tol: 0.05}", ""))
+    out, _ = compile_spec(small, CompileOptions(target="onnx", out=tmp_path / "p"))
     r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "verify", str(out)], capture_output=True, text=True)
     assert r.returncode == 0 and "onnxruntime-cpu batch 3" in r.stdout, r.stderr
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "python" / "classify.py"), str(out)],

@@ -42,6 +42,7 @@ import importlib
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
 INPUT, OUTPUT, BATCH, MIN_OPSET = "input", "logits", "batch", 17
 TENSORS_KEY, DIGEST_KEY = "resdsl.tensors", "resdsl.sha256"
 PathLike = str | os.PathLike[str]
-_FIX = "re-export it (resdsl export) or restore it from a good copy"
+_FIX = "compile it again (resdsl compile SPEC --target onnx) or restore it from a good copy"
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def _tidy(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
 def _name_layers(proto: onnx.ModelProto, graph: Graph, exporter: str) -> dict[str, str]:
     """Find each graph node's output tensor, rename it (and its node) after the module path; return the map."""
-    proto.CopyFrom(_need("onnx").shape_inference.infer_shapes(proto))
+    _infer_missing_shapes(proto)
     shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim[1:])
               for v in (*proto.graph.value_info, *proto.graph.output)}
     modules = {n.name: n.shape for n in graph.nodes[1:] if n.op != "add"}
@@ -218,6 +219,33 @@ def _name_layers(proto: onnx.ModelProto, graph: Graph, exporter: str) -> dict[st
     return {p: rename[t] for p, t in tensors.items()}
 
 
+def _infer_missing_shapes(proto: onnx.ModelProto) -> None:
+    """Shape inference: ``value_info`` for node outputs that lack it, and refined graph output shapes.
+
+    Runs on a weightless copy: ``infer_shapes`` on the whole model round-trips every weight through
+    C++ (4.2 s of ResNet-152's export). Large initializers (the weights) become inputs of their shape;
+    small ones (Reshape's shape, Pad's widths) keep their values, which inference reads.
+    """
+    ox = _need("onnx")
+    skeleton = ox.ModelProto(ir_version=proto.ir_version, opset_import=proto.opset_import)
+    g = skeleton.graph
+    g.node.extend(proto.graph.node)
+    g.input.extend(proto.graph.input)
+    g.output.extend(proto.graph.output)
+    g.value_info.extend(proto.graph.value_info)
+    for t in proto.graph.initializer:
+        if math.prod(t.dims) <= 64:
+            g.initializer.append(t)
+        else:
+            g.input.append(ox.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    inferred = ox.shape_inference.infer_shapes(skeleton).graph
+    known = {v.name for v in (*proto.graph.value_info, *proto.graph.output, *proto.graph.input)}
+    produced = {t for n in proto.graph.node for t in n.output}
+    proto.graph.value_info.extend(v for v in inferred.value_info if v.name in produced and v.name not in known)
+    for out, new in zip(proto.graph.output, inferred.output, strict=True):
+        out.type.CopyFrom(new.type)
+
+
 def _fits(inferred: tuple[int, ...] | None, shape: tuple[int, ...]) -> bool:
     """Whether an inferred shape (0 = unknown) can be a layer's shape."""
     return inferred is not None and len(inferred) == len(shape) and all(map(lambda a, b: a in (0, b), inferred, shape))
@@ -245,18 +273,31 @@ def _digest(proto: onnx.ModelProto) -> tuple[list[str], str]:
 
 
 def _save(proto: onnx.ModelProto, path: Path) -> None:
-    """Stamp the digest, write a temporary file beside ``path``, check it, then ``os.replace`` it."""
-    proto.metadata_props.add(key=DIGEST_KEY, value=_digest(proto)[1])
+    """Stamp the digest, write a temporary file beside ``path``, check it, then ``os.replace`` it.
+
+    The model is serialized once: the digest entry is appended to the canonical bytes as one more
+    ``metadata_props`` record, which protobuf's parsers merge into the repeated field (concatenated
+    messages merge), so the file reads back as ``proto`` with the entry added.
+    """
+    ox = _need("onnx")
+    kept = [e for e in proto.metadata_props if e.key != DIGEST_KEY]  # drop a stale digest entry
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    body = proto.SerializeToString(deterministic=True)
+    stamp = ox.ModelProto(metadata_props=[ox.StringStringEntryProto(key=DIGEST_KEY,
+                                                                    value=hashlib.sha256(body).hexdigest())])
+    proto.metadata_props.extend(stamp.metadata_props)
     tmp = ""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
+            f.write(body)
+            f.write(stamp.SerializeToString())
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
-        _need("onnx").checker.check_model(tmp, full_check=True)
+        ox.checker.check_model(tmp, full_check=True)
         os.replace(tmp, path)
     except BaseException as e:
         if tmp:
@@ -268,6 +309,11 @@ def _save(proto: onnx.ModelProto, path: Path) -> None:
 
 def load_model(path: PathLike) -> onnx.ModelProto:
     """Read and check an ONNX file; a missing, truncated or edited file raises InputError naming it."""
+    return _read_checked(path)[0]
+
+
+def _read_checked(path: PathLike) -> tuple[onnx.ModelProto, bytes]:
+    """:func:`load_model`, also returning the file's bytes (checked; handed to ONNX Runtime as they are)."""
     ox = _need("onnx")
     try:
         data = Path(path).read_bytes()
@@ -292,10 +338,10 @@ def load_model(path: PathLike) -> onnx.ModelProto:
         raise InputError(f"{path}: the model was changed after resdsl wrote it (its sha256 no longer matches the "
                          f"one stored in it); {_FIX}")
     try:
-        ox.checker.check_model(proto)
+        ox.checker.check_model(data)
     except Exception as e:
         raise InputError(f"{path}: not a valid ONNX model ({str(e).splitlines()[0]}); {_FIX}") from None
-    return proto
+    return proto, data
 
 
 def _tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -328,7 +374,7 @@ def convert_fp16(src_path: PathLike, dst_path: PathLike, *, keep_io_fp32: bool =
     _save(half, Path(dst_path))
 
 
-def _session(proto: onnx.ModelProto, name: str, threads: int | None = None,
+def _session(model: onnx.ModelProto | bytes, name: str, threads: int | None = None,
              providers: list[str] | None = None) -> onnxruntime.InferenceSession:
     ort = _need("onnxruntime")
     if threads is not None and threads < 1:
@@ -338,7 +384,8 @@ def _session(proto: onnx.ModelProto, name: str, threads: int | None = None,
     if providers is None:
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     try:
-        return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=providers)
+        data = model if isinstance(model, bytes) else model.SerializeToString()
+        return ort.InferenceSession(data, sess_options=opts, providers=providers)
     except Exception as e:
         raise InputError(f"{name}: ONNX Runtime cannot load the model: {e}") from None
 
@@ -346,7 +393,7 @@ def _session(proto: onnx.ModelProto, name: str, threads: int | None = None,
 def session(path: PathLike, *, threads: int | None = None,
             providers: list[str] | None = None) -> onnxruntime.InferenceSession:
     """An ONNX Runtime session on ``path``: CUDA first when this onnxruntime has it, then CPU."""
-    return _session(load_model(path), str(path), threads, providers)
+    return _session(_read_checked(path)[1], str(path), threads, providers)
 
 
 def _feed(sess: onnxruntime.InferenceSession, x: np.ndarray) -> dict[str, np.ndarray]:

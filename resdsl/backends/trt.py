@@ -207,7 +207,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildO
         raise InputError(f"--timing-cache {options.timing_cache} is a file; it names a directory that holds one "
                          "cache per TensorRT version, GPU and precision, so pass a directory.")
     if not onnx_path.is_file():
-        raise InputError(f"{onnx_path}: no such ONNX file; export the model first (resdsl export --format onnx).")
+        raise InputError(f"{onnx_path}: no such ONNX file; export the model first (resdsl compile SPEC --target onnx).")
     logger = _make_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -293,13 +293,13 @@ def check_engine_compatible(manifest_trt: dict[str, Any], env: TrtEnvironment) -
     missing = [k for k in ("trt_version", "compute_capability") if not manifest_trt.get(k)]
     if missing:
         raise InputError(f"the manifest's TensorRT section lacks {', '.join(missing)}, so the engine cannot be "
-                         "checked before loading it; rebuild it with `resdsl build --backend trt`.")
+                         "checked before loading it; rebuild it with `resdsl compile SPEC --target trt`.")
     built, cc = str(manifest_trt["trt_version"]), str(manifest_trt["compute_capability"])
     gpu = manifest_trt.get("gpu", "an unrecorded GPU")
     if cc != env.compute_capability:
         raise InputError(f"the engine was built for compute capability {cc} ({gpu}) but this GPU, {env.gpu_name}, "
                          f"is {env.compute_capability}; TensorRT engines are tied to the GPU architecture, so "
-                         "rebuild it on this machine with `resdsl build --backend trt`.")
+                         "rebuild it on this machine with `resdsl compile SPEC --target trt`.")
     if built == env.trt_version:
         return
     if not manifest_trt.get("options", {}).get("version_compatible", False):
@@ -310,7 +310,7 @@ def check_engine_compatible(manifest_trt: dict[str, Any], env: TrtEnvironment) -
     if not b or not r or r < b or (b[0] != r[0] and (b[0], r[0]) not in _CROSS_MAJOR):
         raise InputError(f"the version-compatible engine was built with TensorRT {built}, which TensorRT "
                          f"{env.trt_version} cannot load (only newer runtimes of the same major version, or "
-                         f"10 -> 11, can); rebuild it with `resdsl build --backend trt`.")
+                         f"10 -> 11, can); rebuild it with `resdsl compile SPEC --target trt`.")
 
 
 class TrtRunner:
@@ -328,7 +328,7 @@ class TrtRunner:
         _require_gpu()
         path = Path(engine_path)
         if not path.is_file():
-            raise InputError(f"{path}: no such engine file; build it with `resdsl build --backend trt`.")
+            raise InputError(f"{path}: no such engine file; build it with `resdsl compile SPEC --target trt`.")
         blob = path.read_bytes()
         if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
             raise InputError(f"{path}: the engine's SHA-256 does not match the manifest; it changed after the build, "
