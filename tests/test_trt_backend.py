@@ -1,6 +1,6 @@
 """Tests of the TensorRT backend.
 
-Three kinds:
+Four kinds:
 
 * the pure parts (``--batch`` parsing, option validation, the timing-cache key, the engine
   compatibility rules, the BackendUnavailable messages), which run everywhere;
@@ -11,6 +11,8 @@ Three kinds:
   in a subprocess (the stubs never enter the pytest process, where a real TensorRT may be wanted).
   The list of names is :data:`resdsl.backends.trt.TRT_API`; a second test parses ``trt.py`` with
   ``ast`` so that list cannot drift from the code;
+* build_engine against tests/fake_tensorrt.py, a stand-in that records what TensorRT is handed (options,
+  profile, flags, timing cache) and refuses as TensorRT documents, so the build logic runs here;
 * end-to-end builds and runs, marked ``trt``, which need TensorRT's libraries and an NVIDIA GPU.
 """
 
@@ -511,3 +513,110 @@ def test_build_refuses_mismatched_models_and_options(trt_env: TrtEnvironment, tm
         backend.build_engine(tmp_path / "m.onnx", tmp_path / "x.engine",
                              BuildOptions(PROFILE, timing_cache=tmp_path / "file"))
     assert not (tmp_path / "x.engine").exists()
+
+
+# --------------------------------------------------------------------------- build path against a stand-in TensorRT
+# tests/fake_tensorrt.py behaves as TensorRT documents for the calls build_engine makes and records what it was
+# given, so these run build_engine's own logic (options, profile, timing cache, atomic writes, refusals) here.
+
+GPU = ("NVIDIA H100 80GB HBM3", "9.0")
+
+
+@pytest.fixture
+def fake_trt(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from . import fake_tensorrt
+
+    monkeypatch.setattr(backend, "_import_trt", lambda: fake_tensorrt)
+    monkeypatch.setattr(backend, "_require_gpu", lambda: GPU)
+    return fake_tensorrt
+
+
+def _engine(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_bytes()))
+
+
+def test_build_engine_hands_the_options_to_tensorrt(fake_trt: Any, tmp_path: Path) -> None:
+    import hashlib
+
+    _tiny_onnx(tmp_path / "m.onnx")
+    opts = BuildOptions(parse_batch("1:2:4"), workspace_mib=256, opt_level=1, timing_cache=tmp_path / "cache")
+    info = backend.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", opts)
+    engine = _engine(tmp_path / "m.engine")
+    assert engine["strongly_typed"] and engine["pools"] == {"workspace": 256 << 20} and engine["opt_level"] == 1
+    assert engine["builder_flags"] == []  # TF32 (on by default in TensorRT) cleared; not version-compatible
+    assert engine["profiles"] == [{"input": [[1, 3, 16, 16], [2, 3, 16, 16], [4, 3, 16, 16]]}]
+    assert engine["io"] == [["input", [-1, 3, 16, 16], "float32"], ["logits", [-1, 5], "float32"]]
+    blob = (tmp_path / "m.engine").read_bytes()
+    assert info["engine_sha256"] == hashlib.sha256(blob).hexdigest() and info["engine_bytes"] == len(blob)
+    assert (info["trt_version"], info["gpu"], info["compute_capability"]) == (fake_trt.__version__, *GPU)
+    assert info["options"]["profile"] == "1:2:4" and info["input_chw"] == [3, 16, 16]
+    key = timing_cache_key(opts, fake_trt.__version__, *GPU)
+    assert info["timing_cache_key"] == key and info["timing_cache_status"] == "new"
+    cache_file = tmp_path / "cache" / f"{key}.timing-cache"
+    assert info["options"]["timing_cache"] == str(cache_file)
+    assert cache_file.read_bytes().startswith(fake_trt.CACHE_MAGIC)
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")], "atomic writes left temporary files"
+    check_engine_compatible(info, TrtEnvironment(fake_trt.__version__, *GPU))
+
+    assert backend.build_engine(tmp_path / "m.onnx", tmp_path / "m2.engine", opts)["timing_cache_status"] == "reused"
+    wide = dataclasses.replace(opts, tf32=True, version_compatible=True)
+    info = backend.build_engine(tmp_path / "m.onnx", tmp_path / "m3.engine", wide)
+    assert _engine(tmp_path / "m3.engine")["builder_flags"] == ["tf32", "version_compatible"]
+    assert info["timing_cache_status"] == "new" and info["timing_cache_key"] != key  # its own cache file
+
+
+@pytest.mark.parametrize("cache", [b"garbage", b"other device"])
+def test_unusable_timing_cache_is_replaced(fake_trt: Any, tmp_path: Path, cache: bytes) -> None:
+    _tiny_onnx(tmp_path / "m.onnx")
+    opts = BuildOptions(PROFILE, timing_cache=tmp_path / "cache")
+    cache_file = tmp_path / "cache" / f"{timing_cache_key(opts, fake_trt.__version__, *GPU)}.timing-cache"
+    cache_file.parent.mkdir()
+    cache_file.write_bytes(cache if cache == b"garbage" else fake_trt.ITimingCache("another GPU", {}).serialize())
+    info = backend.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", opts)
+    assert info["timing_cache_status"] == "discarded"
+    assert json.loads(cache_file.read_bytes()[len(fake_trt.CACHE_MAGIC):])["device"] == fake_trt.DEVICE
+
+
+def test_fp16_graph_builds_as_fp16(fake_trt: Any, tmp_path: Path) -> None:
+    import onnx
+
+    from resdsl.passes.fp16 import to_float16
+
+    _tiny_onnx(tmp_path / "m.onnx")
+    onnx.save(to_float16(onnx.load(tmp_path / "m.onnx"), keep_io_fp32=False), tmp_path / "h.onnx")
+    with pytest.raises(InputError, match=r"input is fp16, not fp32.*--precision fp32"):
+        backend.build_engine(tmp_path / "h.onnx", tmp_path / "x.engine", BuildOptions(PROFILE))
+    backend.build_engine(tmp_path / "h.onnx", tmp_path / "h.engine", BuildOptions(PROFILE, precision="fp16"))
+    assert [t[2] for t in _engine(tmp_path / "h.engine")["io"]] == ["float16", "float16"]
+    assert not (tmp_path / "x.engine").exists()
+
+
+def test_build_engine_refusals(fake_trt: Any, tmp_path: Path) -> None:
+    import onnx
+
+    _tiny_onnx(tmp_path / "m.onnx")
+    proto = onnx.load(tmp_path / "m.onnx")
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # a static batch of 2
+    onnx.save(proto, tmp_path / "static.onnx")
+    for node in proto.graph.node:
+        node.input[:] = ["x" if i == "input" else i for i in node.input]
+    proto.graph.input[0].name = "x"
+    onnx.save(proto, tmp_path / "renamed.onnx")
+    (tmp_path / "garbage.onnx").write_bytes(b"not a model")
+    (tmp_path / "file").write_text("")
+    cases = [
+        ("m.onnx", BuildOptions(PROFILE, precision="fp16"), r"input is fp32, not fp16.*--precision fp16"),
+        ("nope.onnx", BuildOptions(PROFILE), "no such ONNX file"),
+        ("garbage.onnx", BuildOptions(PROFILE), r"could not parse this ONNX model: ModelImporter"),
+        ("m.onnx", BuildOptions(PROFILE, timing_cache=tmp_path / "file"), "is a file"),
+        ("static.onnx", BuildOptions(PROFILE), r"fixed at 2 .*--batch 1:8:32 cannot be served; use --batch 2"),
+        ("renamed.onnx", BuildOptions(PROFILE), r"expected input 'input'.*found \[\('x'"),
+        ("m.onnx", BuildOptions(PROFILE, workspace_mib=1), r"failed to build.*TensorRT said: .*workspace.*larger "
+                                                           r"--workspace"),
+    ]
+    for name, opts, match in cases:
+        with pytest.raises(InputError, match=match):
+            backend.build_engine(tmp_path / name, tmp_path / "x.engine", opts)
+        assert not (tmp_path / "x.engine").exists(), name
+    backend.build_engine(tmp_path / "static.onnx", tmp_path / "s.engine", BuildOptions(parse_batch("2")))
+    assert _engine(tmp_path / "s.engine")["profiles"] == [{"input": [[2, 3, 16, 16]] * 3}]
