@@ -55,7 +55,7 @@ def latency(fn, x: np.ndarray, repeat: int) -> list[float]:  # type: ignore[no-u
     return times
 
 
-def worker(which: str, model_path: str, batch: int, threads: int, repeat: int) -> None:
+def worker(which: str, artefact: str, batch: int, threads: int, repeat: int) -> None:
     """One round in this process: print the latencies (s) of ``which`` at ``batch`` as JSON."""
     x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
     if which == "eager":
@@ -72,7 +72,7 @@ def worker(which: str, model_path: str, batch: int, threads: int, repeat: int) -
     else:
         from resdsl import runtime
 
-        art = runtime.load(Path(model_path).parent, threads=threads)  # what an application gets
+        art = runtime.load(artefact, threads=threads)  # what an application gets
         assert art.backend == "onnxruntime-cpu", art.backend
 
         def run(a: np.ndarray) -> np.ndarray:
@@ -84,10 +84,9 @@ def runtime_ratio(threads: int, repeat: int, rounds: int, tmp: Path) -> None:
     from resdsl.pipeline import CompileOptions, compile_spec
 
     out, _ = compile_spec(SPEC, CompileOptions(target="onnx", out=tmp / "r50", batch="1:1:8"))
-    model = str(out / "model.onnx")
 
     def one_round(which: str, b: int) -> float:
-        cmd = [sys.executable, __file__, "--worker", which, model, str(b), str(threads), str(repeat)]
+        cmd = [sys.executable, __file__, "--worker", which, str(out), str(b), str(threads), str(repeat)]
         res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
         return statistics.median(json.loads(res.stdout.strip().splitlines()[-1]))
 
@@ -129,14 +128,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--worker", nargs=5, metavar=("WHICH", "MODEL", "BATCH", "THREADS", "REPEAT"),
+    ap.add_argument("--worker", nargs=5, metavar=("WHICH", "ARTEFACT", "BATCH", "THREADS", "REPEAT"),
                     help=argparse.SUPPRESS)
     ap.add_argument("--compile-repeat", type=int, default=3)
     ap.add_argument("--skip-compile", action="store_true")
     a = ap.parse_args()
     if a.worker:
-        which, model, b, t, r = a.worker
-        worker(which, model, int(b), int(t), int(r))
+        which, artefact, b, t, r = a.worker
+        worker(which, artefact, int(b), int(t), int(r))
         return
     with tempfile.TemporaryDirectory() as d:
         runtime_ratio(a.threads, a.repeat, a.rounds, Path(d))

@@ -87,9 +87,9 @@ class Artefact:
         return np.asarray(self._run(np.ascontiguousarray(x, dtype=self._in_dtype)), dtype=np.float32)
 
 
-def open_artefact(directory: Path, manifest: dict[str, Any], threads: int | None = None) -> Artefact:
+def open_artefact(directory: Path, manifest: dict[str, Any]) -> Artefact:
     """Open a directory being compiled (no hash check: its manifest is not written yet)."""
-    return Artefact(Path(directory), {"inputs": [{}], **manifest}, threads)
+    return Artefact(Path(directory), {"inputs": [{}], **manifest})
 
 
 def load(directory: str | Path, *, threads: int | None = None) -> Artefact:

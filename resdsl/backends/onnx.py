@@ -171,12 +171,18 @@ def _tidy(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return proto
 
 
-def _digest(proto: onnx.ModelProto) -> tuple[list[str], str]:
-    """Remove the digest entries from ``proto``; return them and the sha256 of what is left, serialized canonically."""
+def _strip_digest(proto: onnx.ModelProto) -> list[str]:
+    """Remove the digest entries from ``proto``; return their values."""
     kept = [p for p in proto.metadata_props if p.key != DIGEST_KEY]
     stamped = [p.value for p in proto.metadata_props if p.key == DIGEST_KEY]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
+    return stamped
+
+
+def _digest(proto: onnx.ModelProto) -> tuple[list[str], str]:
+    """Remove the digest entries from ``proto``; return them and the sha256 of what is left, serialized canonically."""
+    stamped = _strip_digest(proto)
     return stamped, hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
@@ -188,9 +194,7 @@ def _save(proto: onnx.ModelProto, path: Path) -> None:
     messages merge), so the file reads back as ``proto`` with the entry added.
     """
     ox = _need("onnx")
-    kept = [e for e in proto.metadata_props if e.key != DIGEST_KEY]  # drop a stale digest entry
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
+    _strip_digest(proto)  # an entry already there would be stale (and a duplicate key)
     body = proto.SerializeToString(deterministic=True)
     stamp = ox.ModelProto(metadata_props=[ox.StringStringEntryProto(key=DIGEST_KEY,
                                                                     value=hashlib.sha256(body).hexdigest())])
