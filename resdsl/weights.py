@@ -9,6 +9,7 @@ mis-shaped keys and names the specs whose layout the file does fit.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,10 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     except IsADirectoryError:
         raise InputError(f"--weights {path} is a directory; give the checkpoint file itself") from None
     except Exception as e:  # torch raises many kinds for a bad or hostile file
-        raise InputError(f"cannot read weights file {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}. "
+        # torch's UnpicklingError opens with advice to retry with weights_only=False, which resdsl never does
+        why = ("it does not unpickle as tensors and plain containers (weights_only=True; pickled code is refused)"
+               if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        raise InputError(f"cannot read weights file {path}: {why}. "
                          "It must be a PyTorch checkpoint (torch.save of a state_dict) or a resdsl checkpoint") \
             from None
     fmt = "state_dict"
