@@ -14,6 +14,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	if $(BIN)/python -c 'import platform, sys; sys.exit(not (sys.platform == "linux" and platform.machine() == "x86_64" and sys.version_info[:2] == (3, 11)))'; then \
+	  for v in 10.0.1 10.16.1.11; do \
+	    $(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/trt-bindings/$$v "tensorrt_cu12_bindings==$$v" || exit 1; \
+	  done; \
+	fi
 	touch $@
 
 # Main job: validate every spec, reproduce Table 1, then compile SPEC to ONNX, verify it, and check it again.
@@ -35,6 +40,7 @@ test-all: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check resdsl tests bench cli.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/flops.py

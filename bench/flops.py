@@ -1,6 +1,6 @@
 """Whole-process time of ``resdsl flops`` against building the torch module and running FlopCounterMode.
 
-Goal (issue 2): ``resdsl flops`` under 0.3 s and at least 10x faster than the torch route.
+Goal: ``resdsl flops`` under 0.3 s and at least 10x faster than the torch route.
 Run: ``python bench/flops.py [SPEC] [--repeat N]``; prints the median of N runs of each and their ratio.
 """
 

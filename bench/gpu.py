@@ -102,14 +102,14 @@ def measure(fn: Callable[[Any], Any], x: Any, seconds: float, warmup: int, laten
 
 def artefact(spec: Path, target: str, precision: str, batch: int, work: Path, a: argparse.Namespace) -> Path:
     """A verified aoti or trt artefact for one batch size, made by ``resdsl compile``."""
+    from resdsl.options import AotiOptions, TrtOptions
     from resdsl.pipeline import CompileOptions, compile_spec
 
     out = work / f"{spec.stem}-{target}-{precision}-b{batch}"
-    extra = {"device": "cuda", "workspace": a.workspace, "opt_level": 3, "timing_cache": work / "timing-cache",
-             "tf32": False, "version_compatible": False}
+    trt = TrtOptions(workspace_mib=a.workspace, timing_cache=work / "timing-cache") if target == "trt" else None
     compile_spec(spec, CompileOptions(target=target, out=out, precision=precision,
                                       io="fp16" if precision == "fp16" else "fp32", batch=str(batch), force=True,
-                                      extra=extra))
+                                      trt=trt, aoti=AotiOptions("cuda") if target == "aoti" else None))
     return out
 
 
@@ -127,8 +127,10 @@ def runner(backend: str, spec: Path, precision: str, batch: int, work: Path, a: 
             model = model.to(memory_format=torch.channels_last)
         fn = model if backend == "eager" else torch.compile(model, mode=a.compile_mode, dynamic=False)
         return fn, model
+    from resdsl.manifest import read as read_manifest
+
     d = artefact(spec, backend, precision, batch, work, a)
-    manifest = json.loads((d / "manifest.json").read_text())
+    manifest = read_manifest(d)
     if backend == "aoti":
         from resdsl.backends import aoti
 
@@ -137,7 +139,7 @@ def runner(backend: str, spec: Path, precision: str, batch: int, work: Path, a: 
         return package, package
     from resdsl.backends import trt
 
-    engine = trt.TrtRunner(d / "model.engine", sha256=manifest["files"]["model.engine"]["sha256"])
+    engine = trt.TrtRunner(d / "model.engine", sha256=manifest.files["model.engine"].sha256)
     return engine, engine
 
 

@@ -1,7 +1,10 @@
 """Coverage-guided fuzzing of the spec loader with atheris (libFuzzer).
 
-    pip install atheris
+    pip install -e '.[fuzz]'        # atheris; no other extra installs it
     python fuzz/fuzz_spec.py fuzz/corpus -max_total_time=300
+
+atheris publishes wheels for Linux x86_64 (CPython 3.10 to 3.13). Elsewhere pip
+builds it from source, which needs a Clang with libFuzzer (see atheris' README).
 
 Seeds come from specs/ (valid and invalid). Any exception other than
 SpecError is a bug and stops the run with the input saved as crash-*.

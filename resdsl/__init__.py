@@ -17,8 +17,7 @@ from .expand import expand
 from .flops import FlopReport, count
 from .ir import Graph, Node
 from .spec import Spec, load, loads
-
-__version__ = "0.1.0"
+from .version import __version__
 
 if TYPE_CHECKING:
     from .backends.torch import ResNet

@@ -11,6 +11,12 @@ Two compiles into one destination at once: each holds an exclusive
 at once with a clear message instead of interleaving (or deleting the first
 one's staging directory as "stale"). The kernel drops the lock when a
 process dies, even by SIGKILL.
+
+Permissions are those of any tool: ``mkdtemp`` and ``mkstemp`` create 0700 and
+0600 (private, as temporary files should be), so what they made is given 0777 or
+0666 masked by the process umask (:func:`apply_umask`) before it is renamed into
+place; with umask 022 an artefact is 0755 with 0644 files, readable by a serving
+account.
 """
 
 from __future__ import annotations
@@ -19,12 +25,38 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the kernel shows it (Linux: ``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere the only way to read it is to set it; put it back at once
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` (made by ``mkdtemp``/``mkstemp``, so 0700/0600) the mode ``mkdir``/``open`` would have given it:
+    0777 for a directory, 0666 for a file, less the umask."""
+    full = 0o777 if stat.S_ISDIR(os.stat(path).st_mode) else 0o666
+    os.chmod(path, full & ~current_umask())
 
 
 def _fsync_tree(path: Path) -> None:
@@ -57,6 +89,7 @@ def staging_dir(dest: Path, force: bool = False) -> Iterator[Path]:
         for stale in _stale_siblings(dest):  # left by a compile that was killed; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        apply_umask(tmp)  # the directory that becomes dest
     except OSError as e:
         _unlock(dest, lock)
         if isinstance(e, PermissionError):
@@ -128,6 +161,7 @@ def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        apply_umask(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -13,8 +13,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .errors import ResdslError, SpecError
+from .errors import SpecError
+from .version import __version__
 
 
 def _load(path: str):  # type: ignore[no-untyped-def]
@@ -112,6 +112,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--unit", choices=("macs", "flops"), default="macs")
     t.set_defaults(func=cmd_table)
 
+    from .listing import add_list_command  # list: analytic counts, no torch
+
+    add_list_command(sub)
     from .commands import add_commands  # compile, verify: their heavy imports stay inside them
 
     add_commands(sub)
@@ -123,17 +126,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``resdsl`` console script."""
-    args = parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except ResdslError as e:
-        print(f"resdsl: error: {e}" if not isinstance(e, SpecError) else str(e), file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("resdsl: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
+    from .commands import dispatch
+
+    return dispatch(parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,32 @@
 """Subcommands that lower and verify (``compile``, ``verify``); registered by :mod:`resdsl.cli`.
 
-Their heavy imports (torch, onnx, onnxruntime, tensorrt) happen inside the
-command functions.
+Options are parsed into :class:`resdsl.options.CompileOptions` here, once; the library does the rest. Heavy
+imports (torch, onnx, onnxruntime, tensorrt) happen inside the command functions.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import OptionError, ResdslError, SpecError, VerificationError
+from .options import DEFAULT_MAX_GMACS, DEFAULT_MAX_PARAMS, AotiOptions, CompileOptions, Limits, TrtOptions
+from .progress import Progress
+
+#: Option fields -> the flags that set them, for messages (:meth:`resdsl.errors.OptionError.render`).
+FLAGS = {"target": "--target", "out": "-o", "weights": "--weights", "precision": "--precision", "io": "--io",
+         "batch": "--batch", "opset": "--opset", "force": "--force", "seed": "--seed",
+         "verify_batches": "--verify-batch", "max_params": "--max-params", "max_gmacs": "--max-gmacs",
+         "workspace_mib": "--workspace", "opt_level": "--opt-level", "timing_cache": "--timing-cache",
+         "tf32": "--tf32", "version_compatible": "--version-compatible", "device": "--device"}
+_TRT = ("workspace_mib", "opt_level", "timing_cache", "tf32", "version_compatible")
 
 
-def _batches(text: str | None) -> tuple[int, ...]:
+def batch_list(text: str | None) -> tuple[int, ...]:
+    """``--verify-batch 1,3,8``."""
     if not text:
         return ()
     try:
@@ -21,72 +34,84 @@ def _batches(text: str | None) -> tuple[int, ...]:
     except ValueError:
         sizes = ()
     if not sizes or min(sizes) < 1:
-        raise InputError(f"--verify-batch {text!r}: give batch sizes like 1,3,8")
+        raise OptionError(f"{{verify_batches}} {text!r}: give batch sizes like 1,3,8")
     return sizes
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
-    from .pipeline import CompileOptions, compile_spec
+def limits(args: argparse.Namespace) -> Limits:
+    """``--max-params`` / ``--max-gmacs`` (the defaults when not given)."""
+    return Limits(DEFAULT_MAX_PARAMS if args.max_params is None else args.max_params,
+                  DEFAULT_MAX_GMACS if args.max_gmacs is None else args.max_gmacs)
 
-    extra: dict[str, Any] = {k: getattr(args, k) for k in ("workspace", "opt_level", "timing_cache", "tf32",
-                                                            "version_compatible", "device", "max_params",
-                                                            "max_gmacs")}
-    opts = CompileOptions(target=args.target, out=args.output, weights=args.weights, precision=args.precision,
+
+def compile_options(args: argparse.Namespace) -> CompileOptions:
+    """The typed options of ``resdsl compile``; a target's option group only when one of its flags was given."""
+    given = {k: getattr(args, k) for k in _TRT if getattr(args, k) is not None and getattr(args, k) is not False}
+    return CompileOptions(target=args.target, out=args.output, weights=args.weights, precision=args.precision,
                           io=args.io, batch=args.batch, opset=args.opset, force=args.force, seed=args.seed,
-                          verify_batches=_batches(args.verify_batch), extra=extra)
-    out, manifest = compile_spec(args.spec, opts)
-    v = manifest["verification"]
-    worst = max((c["rel"] for c in v["checks"]), default=0.0)
-    files = ", ".join(manifest["files"])
-    print(f"{out}: {files} + manifest.json ({manifest['name']}, {manifest['target']}, {manifest['precision']}, "
-          f"{manifest['counts']['gmacs']} GMACs); verified at batch "
-          f"{', '.join(str(c['batch']) for c in v['checks'])}, max rel err {worst:.1e}")
+                          verify_batches=batch_list(args.verify_batch), limits=limits(args),
+                          trt=TrtOptions(**given) if given else None,
+                          aoti=AotiOptions(args.device) if args.device is not None else None)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .pipeline import compile_spec
+
+    out, m = compile_spec(args.spec, compile_options(args), Progress(quiet=args.quiet))
+    v = m.verification or {}
+    worst = max((c["rel"] for c in v.get("checks", [])), default=0.0)
+    print(f"{out}: {', '.join(m.files)} + manifest.json ({m.name}, {m.target}, {m.precision}, {m.counts.gmacs} "
+          f"GMACs); verified at batch {', '.join(str(c['batch']) for c in v.get('checks', []))}, "
+          f"max rel err {worst:.1e}")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .backends.torch import build
-    from .errors import VerificationError
-    from .manifest import read_checked
-    from .runtime import Artefact
-    from .spec import from_resolved
-    from .targets import run_checks, verify_batches
-    from .weights import load_into, state_digest
+    from .verify import verify_artefact
 
     d = Path(args.directory)
-    m = read_checked(d)
-    spec = from_resolved(m["spec"]["resolved"], str(d / "manifest.json"))
-    w = m["weights"]
-    model = build(spec, seed=int(w.get("seed", 0)))
-    if w["kind"] == "file":
-        path = Path(args.weights or w["path"])
-        entry = load_into(model, path)
-        if entry["sha256"] != w["sha256"]:
-            raise InputError(f"weights file {path} is not the one {d} was compiled from (sha256 differs); pass the "
-                             "original with --weights")
-    elif state_digest(model.state_dict()) != w["sha256"]:
-        raise InputError(f"cannot regenerate the random weights of {d} (seed {w.get('seed')}): this torch "
-                         f"draws different numbers than torch {m.get('versions', {}).get('torch')}; verify on "
-                         "that version, or compile with --weights")
-    model.eval()
-    art = Artefact(d, m)
-    recorded = tuple(c["batch"] for c in m.get("verification", {}).get("checks", []))
-    batches = _batches(args.verify_batch) or tuple(dict.fromkeys(recorded)) or verify_batches(m["batch"])
-    report = run_checks(model, spec, m["precision"] if m["target"] != "torch" else "fp32", batches,
-                        {art.backend: art}, seed=args.seed)
+    m, report = verify_artefact(d, weights=args.weights, batches=batch_list(args.verify_batch), seed=args.seed,
+                                limits=limits(args), progress=Progress(quiet=args.quiet))
     for line in report.lines():
         print(f"{d}: {line}")
     if not report.passed:
         raise VerificationError(f"{d} does not compute what its spec and weights say it should")
-    print(f"{d}: verified ({m['name']}, {m['target']}, {m['precision']})")
+    print(f"{d}: verified ({m.name}, {m.target}, {m.precision})")
     return 0
+
+
+def dispatch(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run the chosen command: the one place that turns errors into messages and exit codes."""
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except OptionError as e:
+        print(f"resdsl: error: {e.render(FLAGS)}", file=sys.stderr)
+        return e.exit_code
+    except ResdslError as e:
+        print(f"resdsl: error: {e}" if not isinstance(e, SpecError) else str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("resdsl: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _common(p: Any) -> None:
+    p.add_argument("--max-params", type=int, metavar="N", help="refuse networks with more parameters (default 2e9)")
+    p.add_argument("--max-gmacs", type=float, metavar="X", help="refuse networks needing more GMACs per image "
+                   "(default 2000)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print no progress lines")
 
 
 def add_commands(sub: Any) -> None:
     """Register ``compile`` and ``verify``."""
+    from .backends.base import TARGETS
+
     c = sub.add_parser("compile", help="lower a spec to an artefact directory and verify it")
     c.add_argument("spec", metavar="SPEC")
-    c.add_argument("--target", choices=("torch", "onnx", "trt", "aoti"), default="onnx")
+    c.add_argument("--target", choices=tuple(TARGETS), default="onnx", help="what to write (default: onnx)")
     c.add_argument("-o", "--output", type=Path, metavar="DIR", help="artefact directory (default build/NAME)")
     c.add_argument("--weights", type=Path, metavar="FILE",
                    help="a resdsl checkpoint or a PyTorch state_dict (torchvision's included)")
@@ -102,18 +127,18 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--verify-batch", metavar="N,N,...", help="batch sizes to verify at (default: MIN, MIN+2, and "
                    "MAX when MAX <= 8)")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
-    c.add_argument("--max-params", type=int, metavar="N", help="refuse networks with more parameters "
-                   "(default 2e9)")
-    c.add_argument("--max-gmacs", type=float, metavar="X", help="refuse networks needing more GMACs per image "
-                   "(default 2000)")
-    g = c.add_argument_group("trt and aoti targets")
-    g.add_argument("--workspace", type=int, default=4096, metavar="MIB", help="TensorRT workspace limit")
-    g.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0..5")
-    g.add_argument("--timing-cache", type=Path, metavar="DIR", help="TensorRT timing cache directory, reused "
+    _common(c)
+    g = c.add_argument_group("trt target (refused with other targets)")
+    g.add_argument("--workspace", dest="workspace_mib", type=int, metavar="MIB",
+                   help="TensorRT workspace limit (default 4096)")
+    g.add_argument("--opt-level", type=int, help="TensorRT builder optimization level 0..5 (default 3)")
+    g.add_argument("--timing-cache", type=Path, metavar="DIR", help="TensorRT timing cache directory, shared "
                    "across builds")
     g.add_argument("--tf32", action="store_true", help="allow TF32 in fp32 TensorRT engines (off by default)")
     g.add_argument("--version-compatible", action="store_true", help="build a version-compatible engine")
-    g.add_argument("--device", choices=("cpu", "cuda"), default=None, help="aoti: compile for this device")
+    a = c.add_argument_group("aoti target (refused with other targets)")
+    a.add_argument("--device", choices=("cpu", "cuda"), default=None, help="compile for this device (default: cuda "
+                   "when torch sees a GPU)")
     c.set_defaults(func=cmd_compile)
 
     v = sub.add_parser("verify", help="re-hash an artefact and check it against its spec and weights")
@@ -122,6 +147,5 @@ def add_commands(sub: Any) -> None:
     v.add_argument("--verify-batch", metavar="N,N,...", help="batch sizes (default: those of compile)")
     v.add_argument("--seed", type=int, default=1, help="seed of the verification inputs (default 1: inputs "
                    "compile did not see)")
+    _common(v)
     v.set_defaults(func=cmd_verify)
-
-

@@ -10,6 +10,7 @@ input, 3 missing backend or hardware.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -52,6 +53,29 @@ class InputError(ResdslError):
     """Bad input that is not a spec: a weights file, an artefact directory, an option."""
 
     exit_code = 2
+
+
+class OptionError(InputError):
+    """A bad option value. The message names options by ``{field}`` placeholders, filled in by :meth:`render`:
+    the Python API shows ``CompileOptions.force``, the command line ``--force``."""
+
+    exit_code = 2
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(template)
+
+    def render(self, names: dict[str, str]) -> str:
+        """The message with each ``{field}`` replaced by ``names[field]`` (the field itself when unlisted)."""
+        return _PLACEHOLDER.sub(lambda m: names.get(m.group(1), m.group(1)), self.template)
+
+    def __str__(self) -> str:
+        return self.render(API_NAMES)
+
+
+#: How the Python API names each option (``force`` -> ``CompileOptions.force``); filled by :mod:`resdsl.options`.
+API_NAMES: dict[str, str] = {}
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 
 class BackendUnavailable(ResdslError):

@@ -22,10 +22,12 @@ class _Builder:
 
     def __init__(self) -> None:
         self.nodes: list[Node] = []
+        self.block = ""    # the residual unit being built, stamped on its nodes
+        self.role = "main"  # "shortcut" while building a unit's shortcut path
 
     def add(self, name: str, label: str, op: str, inputs: tuple[str, ...], shape: tuple[int, ...], stage: str,
             residual_end: bool = False, **attrs: Any) -> Node:
-        node = Node(name, op, inputs, shape, stage, label, attrs, residual_end)
+        node = Node(name, op, inputs, shape, stage, label, attrs, residual_end, self.block, self.role)
         self.nodes.append(node)
         return node
 
@@ -66,8 +68,10 @@ def expand(spec: Spec) -> Graph:
                   kernel=p.kernel, stride=p.stride, padding=pad)
     for si, stage in enumerate(spec.stages):
         for j in range(stage.blocks):
+            b.block = f"layer{si + 1}.{j}"
             x = _block(b, spec, x, f"layer{si + 1}.{j}", f"{stage.name}.{j}", stage.name, stage.width,
                        stage.stride if j == 0 else 1, first_in_stage=j == 0)
+    b.block = ""
     if spec.preact:  # "Identity Mappings": a final BN-ReLU before the pool
         x = b.bn("bn_final", "final.bn", x, spec.stages[-1].name)
         x = b.relu("relu_final", "final.relu", x, spec.stages[-1].name)
@@ -104,9 +108,15 @@ def _block(b: _Builder, spec: Spec, x: Node, name: str, label: str, stage: str, 
 
     if spec.shortcut == "none":  # the paper's plain nets
         return h if spec.preact else b.relu(*n("relu"), stage=stage, x=h)
+    b.role = "shortcut"
     if spec.shortcut == "C" or (spec.shortcut == "B" and changes):
-        proj = b.conv(*n("downsample.0"), shortcut_in, out_ch, 1, stride, stage)
-        short = b.bn(*n("downsample.1"), stage=stage, x=proj)
+        short = b.conv(*n("downsample.0"), shortcut_in, out_ch, 1, stride, stage)
+        if not spec.preact:
+            # Post-activation (the 2015 paper, torchvision): projection conv then BN. A pre-activation
+            # projection is a bare 1x1 conv, as in the authors' code (resnet-pre-act.lua: the shortcut of a
+            # dimension-increasing unit is Convolution only, after the unit's shared BN-ReLU); the sum is
+            # normalised by the next unit's BN.
+            short = b.bn(*n("downsample.1"), stage=stage, x=short)
     elif spec.shortcut == "A" and changes:
         # Option A: subsample (as a 1x1 stride-s conv would) and append zero
         # channels at the end, as fb.resnet.torch does (Concat of x and 0*x);
@@ -117,6 +127,7 @@ def _block(b: _Builder, spec: Spec, x: Node, name: str, label: str, stage: str, 
                       stride=stride, pad=out_ch - c)
     else:
         short = shortcut_in
+    b.role = "main"
     out = b.add(*n("add"), op="add", inputs=(h.name, short.name), shape=h.shape, stage=stage)
     return out if spec.preact else b.relu(*n("relu"), stage=stage, x=out)
 
@@ -128,7 +139,7 @@ def _postact_body(b: _Builder, spec: Spec, x: Node, n: Namer, stage: str, width:
         h = b.relu(*n("relu1"), stage=stage, x=b.bn(*n("bn1"), stage=stage, x=b.conv(*n("conv1"), x, width, 3, stride,
                                                                                        stage)))
         return b.bn(*n("bn2"), stage=stage, residual_end=True, x=b.conv(*n("conv2"), h, out_ch, 3, 1, stage))
-    inner = (width * spec.width_per_group // 64) * spec.groups
+    inner = spec.inner_width(width)
     s1, s3 = (stride, 1) if spec.downsample == "1x1" else (1, stride)
     h = b.relu(*n("relu1"), stage=stage, x=b.bn(*n("bn1"), stage=stage, x=b.conv(*n("conv1"), x, inner, 1, s1, stage)))
     h = b.relu(*n("relu2"), stage=stage, x=b.bn(*n("bn2"), stage=stage,
@@ -143,7 +154,7 @@ def _preact_body(b: _Builder, spec: Spec, h: Node, n: Namer, stage: str, width: 
         h = b.conv(*n("conv1"), h, width, 3, stride, stage)
         h = b.relu(*n("relu2"), stage=stage, x=b.bn(*n("bn2"), stage=stage, x=h))
         return b.conv(*n("conv2"), h, out_ch, 3, 1, stage, residual_end=True)
-    inner = (width * spec.width_per_group // 64) * spec.groups
+    inner = spec.inner_width(width)
     s1, s3 = (stride, 1) if spec.downsample == "1x1" else (1, stride)
     h = b.conv(*n("conv1"), h, inner, 1, s1, stage)
     h = b.relu(*n("relu2"), stage=stage, x=b.bn(*n("bn2"), stage=stage, x=h))

@@ -104,10 +104,9 @@ def count(graph: Graph) -> FlopReport:
     stages = []
     for st in graph.stages:
         mine = [c for c in nodes if c.stage == st]
-        blocks = len({c.name.split(".")[0] + "." + c.name.split(".")[1] for c in mine
-                      if c.name.startswith("layer")})
+        blocks = len({n.block for n in graph.nodes if n.stage == st and n.block})
         shape = mine[-1].shape if mine else ()
         stages.append(StageCount(st, shape, blocks, sum(c.macs for c in mine), sum(c.params for c in mine)))
-    depth = sum(1 for n in graph.nodes if n.op in ("conv", "fc") and ".downsample" not in n.name)
+    depth = sum(1 for n in graph.nodes if n.op in ("conv", "fc") and n.role == "main")
     return FlopReport(graph.name, tuple(nodes), tuple(stages), sum(c.macs for c in nodes),
                       sum(c.params for c in nodes), depth)

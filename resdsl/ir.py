@@ -40,6 +40,8 @@ class Node:
     label: str
     attrs: dict[str, Any] = field(default_factory=dict, hash=False)
     residual_end: bool = False  # last conv/BN of a residual branch (zero_init_residual acts here)
+    block: str = ""             # the residual unit it belongs to ("layer2.1"); "" for the stem and the head
+    role: str = "main"          # "main", or "shortcut" for a unit's projection / option-A path (off the main path)
 
     def attr(self, key: str) -> Any:
         return self.attrs[key]

@@ -1,70 +1,76 @@
-"""``resdsl compile``: spec -> module (+ weights) -> artefact -> verification -> manifest.
+"""``compile``: spec -> module (+ weights) -> artefact -> verification -> manifest, the same for every target.
 
-One function a target, all sharing the same frame: build the reference
-module, write into a staging directory, verify the artefact against the
-module, write the manifest, then rename the directory into place. Nothing
-appears at the destination unless every step passed.
+The frame every target shares: load the spec and count it once (limits are checked on the counts before
+anything is allocated), refuse early what this machine cannot do, build the reference module, then in a
+staging directory, for the target and the targets it extends (``trt`` extends ``onnx``), write its files,
+open them as :func:`resdsl.runtime.load` will and verify them against the module. The manifest is written
+last and the directory renamed into place: nothing appears at the destination unless every step passed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import manifest as mf
 from .atomic import staging_dir
-from .errors import InputError, VerificationError
+from .backends.base import Written, chain
+from .errors import OptionError, VerificationError
+from .expand import expand
+from .flops import FlopReport, count
+from .limits import check
+from .options import BatchProfile, CompileOptions
 from .progress import Progress
 from .spec import Spec, load
+from .verify import Report, check_target, new_report
 
-TARGETS = ("torch", "onnx", "trt", "aoti")
-
-
-@dataclass(frozen=True)
-class CompileOptions:
-    """Everything ``resdsl compile`` takes besides the spec."""
-
-    target: str = "onnx"
-    out: Path | None = None
-    weights: Path | None = None
-    precision: str = "fp32"
-    io: str = "fp32"
-    batch: str = "1:1:32"
-    opset: int = 18
-    force: bool = False
-    seed: int = 0
-    verify_batches: tuple[int, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)  # target-specific (trt: workspace, opt level, ...)
+__all__ = ["CompileOptions", "compile_spec"]
 
 
-def parse_batch(text: str) -> tuple[int, int, int]:
-    """``N`` or ``MIN:OPT:MAX`` -> (min, opt, max)."""
-    parts = text.split(":")
-    try:
-        nums = [int(p) for p in parts]
-    except ValueError:
-        nums = []
-    if len(nums) == 1:
-        nums *= 3
-    if len(nums) != 3 or not 1 <= nums[0] <= nums[1] <= nums[2]:
-        raise InputError(f"--batch {text!r}: give N or MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:8:32")
-    return nums[0], nums[1], nums[2]
+def compile_spec(spec_path: str | Path, opts: CompileOptions, progress: Progress | None = None
+                 ) -> tuple[Path, mf.Manifest]:
+    """Compile one spec; return the artefact directory and its manifest."""
+    progress = progress or Progress(quiet=True)
+    targets = chain(opts.target)
+    if opts.precision not in targets[-1].PRECISIONS:
+        raise OptionError(f"{{precision}} {opts.precision}: the {opts.target} target writes "
+                          f"{' or '.join(targets[-1].PRECISIONS)} only")
+    spec = load(spec_path)
+    graph = expand(spec)
+    counts = count(graph)
+    check(counts, str(spec_path), opts.limits)
+    out = opts.out or Path("build") / spec.name
+    if out.exists() and not opts.force:  # fail before the expensive steps
+        raise OptionError(f"{out} already exists; pass {{force}} to replace it, or choose another directory with "
+                          "{out}")
+    for target in targets:  # refuse before minutes of work when a library or the hardware is missing
+        target.check_environment(opts)
+    with progress.step("building the PyTorch module"):
+        model, weights = _reference(graph, spec, opts, str(spec_path))
+    manifest = _manifest(spec, str(spec_path), opts, counts, weights)
+    report = new_report(graph, opts.precision, counts.macs)
+    with staging_dir(out, force=opts.force) as stage:
+        for target in targets:
+            manifest = _add(manifest, stage, target.write(stage, model, spec, opts, progress))
+            check_target(report, model, target, stage, manifest, batches=opts.verify_batches, seed=opts.seed,
+                         progress=progress)
+            if not report.passed:
+                break
+        for line in report.lines():
+            progress.note(line)
+        if not report.passed:
+            raise VerificationError(_failure(spec_path, report))
+        manifest = manifest.with_(verification=report.to_dict())
+        mf.write(stage, manifest)
+    return out, manifest
 
 
-def default_verify_batches(bmin: int, bmax: int) -> tuple[int, ...]:
-    """The profile's ends, plus MIN+2 to exercise an odd size in between; capped for CPU time."""
-    sizes = {bmin, min(bmax, bmin + 2)}
-    if bmax <= 8:
-        sizes.add(bmax)
-    return tuple(sorted(sizes))
-
-
-def reference_model(spec: Spec, opts: CompileOptions, source: str) -> tuple[Any, dict[str, Any]]:
+def _reference(graph: Any, spec: Spec, opts: CompileOptions, source: str) -> tuple[Any, dict[str, Any]]:
     """The eval-mode torch module the artefact must equal, and the manifest's ``weights`` entry."""
-    from .backends.torch import build
+    from .backends.torch import from_graph
     from .weights import load_into, state_digest
 
-    model = build(spec, seed=opts.seed)
+    model = from_graph(graph, seed=opts.seed, zero_init_residual=spec.zero_init_residual)
     if opts.weights is not None:
         entry = load_into(model, opts.weights, source)
     else:
@@ -73,50 +79,30 @@ def reference_model(spec: Spec, opts: CompileOptions, source: str) -> tuple[Any,
     return model.eval(), entry
 
 
-def compile_spec(spec_path: str | Path, opts: CompileOptions) -> tuple[Path, dict[str, Any]]:
-    """Compile one spec; return the artefact directory and its manifest."""
-    if opts.target not in TARGETS:
-        raise InputError(f"--target {opts.target!r}: choose one of {', '.join(TARGETS)}")
-    if opts.precision not in ("fp32", "fp16"):
-        raise InputError(f"--precision {opts.precision!r}: choose fp32 or fp16")
-    if opts.io not in ("fp32", "fp16") or (opts.io == "fp16" and opts.precision != "fp16"):
-        raise InputError(f"--io {opts.io!r}: fp16 inputs/outputs need --precision fp16; the default is fp32")
-    if opts.opset < 17:
-        raise InputError(f"--opset {opts.opset}: resdsl exports opset 17 or newer")
-    batch = parse_batch(opts.batch)
-    progress = Progress()
-    spec = load(spec_path)
-    from .expand import expand
-    from .flops import count
-    from .limits import check
-
-    check(count(expand(spec)), str(spec_path), opts.extra.get("max_params"), opts.extra.get("max_gmacs"))
-    out = Path(opts.out) if opts.out else Path("build") / spec.name
-    if out.exists() and not opts.force:  # fail before the expensive steps
-        raise InputError(f"{out} already exists; pass --force to replace it, or choose another directory with -o")
-    if opts.target == "trt":  # refuse early, before minutes of export, when TensorRT or a GPU is missing
-        from .backends import trt
-
-        trt.environment()
-    from . import targets
-
-    with progress.step("building the PyTorch module"):
-        model, weights = reference_model(spec, opts, str(spec_path))
-    common = targets.common_manifest(spec, str(spec_path), opts, batch, weights)
-    with staging_dir(out, force=opts.force) as tmp:
-        manifest, report = targets.RUNNERS[opts.target](model, spec, opts, batch, tmp, progress)
-        manifest = {**common, **manifest, "verification": report.to_dict()}
-        for line in report.lines():
-            progress.note(line)
-        if not report.passed:
-            raise VerificationError(_failure(spec_path, report))
-        from .manifest import write
-
-        write(tmp, manifest)
-    return out, {"schema": "resdsl.manifest/1", **manifest}
+def _manifest(spec: Spec, source: str, opts: CompileOptions, counts: FlopReport, weights: dict[str, Any]
+              ) -> mf.Manifest:
+    """The manifest before any file is written: what every target shares."""
+    b: BatchProfile = opts.batch
+    axis: int | str = "batch" if b.dynamic else b.min
+    io = "float16" if opts.io == "fp16" else "float32"
+    return mf.Manifest(
+        name=spec.name, target=opts.target, created=mf.now(),
+        spec={"source": source, "sha256": spec.digest(), "resolved": spec.resolved}, weights=weights, files={},
+        inputs=[mf.Tensor("input", [axis, spec.in_channels, *spec.in_size], io)],
+        outputs=[mf.Tensor("logits", [axis, spec.classes], io)],
+        batch=mf.Batch(b.min, b.opt, b.max, b.dynamic), precision=opts.precision,
+        counts=mf.Counts(counts.macs, round(counts.macs / 1e9, 4), counts.params, counts.depth),
+        versions=mf.versions())
 
 
-def _failure(spec_path: str | Path, report: Any) -> str:
+def _add(manifest: mf.Manifest, stage: Path, written: Written) -> mf.Manifest:
+    """The manifest with a target's files hashed, its sections and its versions added."""
+    files = {**manifest.files, **{name: mf.file_entry(stage / name) for name in written.files}}
+    versions = {**manifest.versions, **mf.versions(*written.packages), **written.versions}
+    return manifest.with_(files=files, sections={**manifest.sections, **written.sections}, versions=versions)
+
+
+def _failure(spec_path: str | Path, report: Report) -> str:
     lines = "; ".join(line for line in report.lines() if "ok" not in line.split(":")[-1] or "FAILED" in line)
-    return (f"verification of {spec_path} failed, nothing was written: {lines}. Re-run with --precision fp32, or "
+    return (f"verification of {spec_path} failed, nothing was written: {lines}. Compile at fp32 precision, or "
             "report the first diverging layer named here")

@@ -45,7 +45,7 @@ def block_text(spec: Spec, width: int) -> str:
     """Table 1's bracket for one stage, e.g. ``[1x1,64 3x3,64 1x1,256]``."""
     out = width * spec.expansion
     if spec.bottleneck:
-        inner = width * spec.width_per_group // 64 * spec.groups
+        inner = spec.inner_width(width)
         mid = f"3x3,{inner}" + (f"/g{spec.groups}" if spec.groups > 1 else "")
         return f"[1x1,{inner} {mid} 1x1,{out}]"
     return f"[3x3,{width} 3x3,{out}]"

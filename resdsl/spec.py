@@ -2,10 +2,9 @@
 
 ``load(path)`` reads YAML (see :mod:`resdsl.yamlio`), resolves ``extends``,
 applies defaults and validates everything, collecting *all* problems before
-raising one :class:`~resdsl.errors.SpecError`. The contract is
-``../shared/design/spec-format.md`` (copied in the README); keys added here:
-``expect.mparams``/``expect.mparams_tol`` for papers that give rounded
-parameter counts ("0.27M").
+raising one :class:`~resdsl.errors.SpecError`. The format (every key, its
+type, default and bounds, ``extends`` and the errors) is documented in
+``docs/spec-format.md``; :mod:`resdsl.validate` enforces it.
 """
 
 from __future__ import annotations
@@ -112,6 +111,11 @@ class Spec:
     def bottleneck(self) -> bool:
         return self.block.endswith("bottleneck")
 
+    def inner_width(self, width: int) -> int:
+        """A bottleneck's inner width for a stage of ``width``: torchvision's rule, which covers ResNeXt
+        (``groups`` x ``width_per_group``) and the wide nets (``width_per_group`` 128)."""
+        return (width * self.width_per_group // 64) * self.groups
+
     def digest(self) -> str:
         """sha256 of the resolved spec in canonical JSON: equal specs, equal hashes."""
         blob = json.dumps(self.resolved, sort_keys=True, separators=(",", ":"))
@@ -184,7 +188,7 @@ def _load_merged(path: Path, chain: list[Path], root: Path) -> Located:
 
 
 def _merge(base: Located, over: Located) -> Located:
-    """Mappings merge key by key; lists and scalars replace whole (spec-format.md).
+    """Mappings merge key by key; lists and scalars replace whole (docs/spec-format.md).
 
     As in JSON Merge Patch (RFC 7386), a ``null`` in the extending file removes
     the key it inherited: ``expect: {params: null}`` drops the parent's count.

@@ -43,6 +43,7 @@ from torch import nn
 from .atomic import write_bytes_atomic
 from .data import Dataset, Sampler, augment, load_dataset, stream_generator
 from .errors import InputError, ResdslError
+from .options import DEFAULT_LIMITS, Limits
 from .progress import Progress
 from .spec import Spec, load
 
@@ -73,7 +74,8 @@ class TrainOptions:
     eval_every: int | None = None
     sync_bn: bool = True
     device: str = "auto"
-    progress: bool | None = None  # None: on a terminal only
+    progress: bool | None = None  # False: quiet; else a line per evaluation (and a live counter on a terminal)
+    limits: Limits = DEFAULT_LIMITS  # size limits, checked once before the module is built
 
 
 def recipe(spec: Spec, o: TrainOptions) -> dict[str, Any]:
@@ -266,7 +268,7 @@ def _run(o: TrainOptions, spec: Spec, rec: dict[str, Any], rank: int, world: int
     batch, iters, seed = rec["batch"], rec["iterations"], rec["seed"]
     ds = load_dataset(o.data, classes=spec.classes, size=spec.in_size, channels=spec.in_channels,
                       workers=o.workers or min(8, os.cpu_count() or 1))
-    model = build(spec, seed=seed).to(dev)
+    model = build(spec, seed=seed, limits=o.limits).to(dev)
     net: nn.Module = model
     if world > 1:
         if o.sync_bn:
@@ -300,7 +302,9 @@ def _run(o: TrainOptions, spec: Spec, rec: dict[str, Any], rank: int, world: int
             meter += ck["meter"]["sums"].to(dev)
         rows = [r for r in (_csv_rows(csv_path) if csv_path.is_file() else []) if int(r["iteration"]) <= start]
     eval_every = o.eval_every or math.ceil(len(ds.train_x) / batch)
-    show = rank == 0 and (Progress().enabled if o.progress is None else o.progress)
+    progress = Progress(quiet=o.progress is False)
+    show = rank == 0 and progress.enabled
+    live = show and progress.tty  # the per-second counter redraws its line in place: terminals only
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         for stale in [*out.glob(".last.pt.*"), *out.glob(".metrics.csv.*")]:  # temp files of a killed run
@@ -343,7 +347,7 @@ def _run(o: TrainOptions, spec: Spec, rec: dict[str, Any], rank: int, world: int
             loss, wrong = train_step(net, opt, x, y)
             meter += torch.stack([loss.double() * b, wrong.double(), count])
             done = i + 1
-            if show and time.perf_counter() - last_show > 1:
+            if live and time.perf_counter() - last_show > 1:
                 last_show = time.perf_counter()
                 print(f"\rresdsl: iteration {done}/{iters}  loss {loss.item():.3f}  lr {lr:g}", end="",
                       file=sys.stderr, flush=True)
@@ -372,9 +376,10 @@ def _run(o: TrainOptions, spec: Spec, rec: dict[str, Any], rank: int, world: int
                 _write_csv(csv_path, rows)
                 checkpoint(done, test_error)
                 if show:
-                    r = rows[-1]
-                    print(f"\rresdsl: iteration {done}/{iters}  loss {r['loss']:.3f}  train {r['train_error']:.2f}%  "
-                          f"{ds.test_name} {test_error:.2f}%  lr {lr:g}  {r['images_per_s']:.0f} img/s",
+                    r, lead = rows[-1], "\r" if live else ""
+                    print(f"{lead}resdsl: iteration {done}/{iters}  loss {r['loss']:.3f}  "
+                          f"train {r['train_error']:.2f}%  {ds.test_name} {test_error:.2f}%  lr {lr:g}  "
+                          f"{r['images_per_s']:.0f} img/s",
                           file=sys.stderr, flush=True)
             tick = time.perf_counter()
     finally:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import BackendUnavailable, InputError, ResdslError
+from .errors import BackendUnavailable, InputError
 
 
 def _positive(text: str) -> int:
@@ -38,11 +38,13 @@ def _milestones(text: str) -> tuple[int, ...]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train or resume; print one summary line (rank 0)."""
+    from .commands import limits
     from .train import TrainOptions, train
 
     opts = TrainOptions(spec=args.spec, data=args.data, out=args.out, iterations=args.iterations, batch=args.batch,
                         lr=args.lr, milestones=args.milestones, resume=args.resume, seed=args.seed,
-                        workers=args.workers, eval_every=args.eval_every, sync_bn=args.sync_bn, device=args.device)
+                        workers=args.workers, eval_every=args.eval_every, sync_bn=args.sync_bn, device=args.device,
+                        limits=limits(args))
     s = train(opts)
     if s["rank"] == 0:
         errs = ", ".join(f"{k.replace('_', ' ')} {s[k]:.2f}%" for k in ("train_error", "test_error") if k in s)
@@ -148,6 +150,9 @@ def add_train_commands(sub: Any) -> None:
     t.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
                    help="under torchrun, BatchNorm statistics per process instead of over the global batch")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    t.add_argument("--max-params", type=int, metavar="N", help="refuse networks with more parameters (default 2e9)")
+    t.add_argument("--max-gmacs", type=float, metavar="X", help="refuse networks needing more GMACs per image "
+                   "(default 2000)")
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("plot", help="PNG of training curves (paper's Figure 6 style), runs overlaid")
@@ -159,17 +164,11 @@ def add_train_commands(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry point with only ``train`` and ``plot``."""
+    from .commands import dispatch
+
     parser = argparse.ArgumentParser(prog="resdsl")
     add_train_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except ResdslError as e:
-        print(f"resdsl: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("resdsl: interrupted", file=sys.stderr)
-        return 130
+    return dispatch(parser, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Verification: analytic vs traced FLOPs, and outputs equal across backends.
+"""Verification measures: analytic vs traced FLOPs, outputs compared under a tolerance, the first diverging layer.
 
 Comparisons return result objects with their tolerances; only the CLI turns
 them into exit codes (as Polygraphy's comparator does). When two backends
@@ -12,11 +12,22 @@ near zero, where an elementwise relative error would.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .errors import InputError
+from .options import Limits
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from .backends.base import Localiser, Plan, Target
+    from .ir import Graph
+    from .manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -102,22 +113,22 @@ def compare(out: np.ndarray, ref: np.ndarray, tol: Tolerance, backend: str) -> C
     return Check(backend, int(ref.shape[0]), max_abs, rel, top1, int(decisive.sum()), ok)
 
 
-def flop_check(model: Any, spec: Any, analytic_macs: int) -> dict[str, Any]:
-    """Analytic MACs against ``torch.utils.flop_counter`` on the module (meta device: no compute)."""
+def flop_check(graph: Graph, analytic_macs: int) -> dict[str, Any]:
+    """Analytic MACs against ``torch.utils.flop_counter`` on the module (built on the meta device: no compute)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from .backends.torch import ResNet
 
-    with torch.device("meta"):  # built there: initialising ResNet-152's weights on the CPU takes a second
-        meta = ResNet(model.graph)
+    with torch.device("meta"):  # initialising ResNet-152's weights on the CPU would take a second
+        meta = ResNet(graph)
     with FlopCounterMode(display=False) as counter:
-        meta(torch.empty(1, spec.in_channels, *spec.in_size, device="meta"))
+        meta(torch.empty(1, *graph.input.shape, device="meta"))
     traced = int(counter.get_total_flops()) // 2
     return {"analytic_macs": analytic_macs, "traced_macs": traced, "passed": traced == analytic_macs}
 
 
-def localise(graph: Any, reference: Callable[[list[str], np.ndarray], dict[str, np.ndarray]],
+def localise(graph: Graph, reference: Callable[[list[str], np.ndarray], dict[str, np.ndarray]],
              other: Callable[[list[str], np.ndarray], dict[str, np.ndarray]], names: list[str], x: np.ndarray,
              tol: Tolerance) -> dict[str, Any] | None:
     """Name the first layer (topological order) whose output differs beyond ``tol``."""
@@ -131,3 +142,124 @@ def localise(graph: Any, reference: Callable[[list[str], np.ndarray], dict[str, 
             if rel > tol.rel or not np.isfinite(a).all():
                 return {"name": node.name, "label": node.label, "rel": rel}
     return None
+
+
+# --------------------------------------------------------------------------- running the checks
+
+
+def default_batches(bmin: int, bmax: int) -> tuple[int, ...]:
+    """The range's ends, plus MIN+2 to exercise an odd size in between; MAX only up to 8, for CPU time."""
+    sizes = {bmin, min(bmax, bmin + 2)}
+    if bmax <= 8:
+        sizes.add(bmax)
+    return tuple(sorted(sizes))
+
+
+def new_report(graph: Graph, precision: str, analytic_macs: int) -> Report:
+    """An empty report for ``precision``, holding the FLOP cross-check."""
+    return Report(precision, TOLERANCES[precision], flops=flop_check(graph, analytic_macs))
+
+
+def check_target(report: Report, model: Any, target: Target, directory: Path, manifest: Manifest, *,
+                 batches: tuple[int, ...] = (), seed: int = 0, progress: Progress | None = None) -> None:
+    """Open ``directory`` as ``target`` (as the runtime will) and compare it with ``model``; add to ``report``."""
+    plan = target.plan(manifest)
+    b = batches or plan.batches or default_batches(manifest.batch.min, manifest.batch.max)
+    runner = target.open(directory, manifest)
+    what = f"verifying {runner.backend} against the module at batch {', '.join(map(str, b))}"
+    with (progress or Progress(quiet=True)).step(what), _on_device(model, plan) as device:
+        for n in b:
+            x = inputs(model.graph.input.shape, n, seed)
+            ref = _reference(model, x, device)
+            check = compare(np.asarray(runner(x), dtype=np.float32), ref, report.tolerance, runner.backend)
+            report.checks.append(check)
+            if check.passed or report.divergence is not None:
+                continue
+            other = target.localiser(directory, manifest)
+            if other is not None:
+                report.divergence = localise(model.graph, _intermediates(model, device), other,
+                                             [node.name for node in model.graph.nodes], x[:1], report.tolerance)
+
+
+def verify_artefact(directory: str | Path, *, weights: Path | None = None, batches: tuple[int, ...] = (),
+                    seed: int = 1, limits: Limits | None = None, progress: Progress | None = None
+                    ) -> tuple[Manifest, Report]:
+    """Re-hash an artefact, rebuild its module from the manifest's spec and weights, compare every target of
+    its chain (a trt artefact: its ONNX model and its engine) again. Raise InputError when the weights cannot
+    be reproduced; the report says whether the outputs agree."""
+    from . import manifest as mf
+    from .backends.base import chain
+    from .expand import expand
+    from .flops import count
+    from .limits import check
+    from .spec import from_resolved
+
+    d = Path(directory)
+    m = mf.read(d)
+    graph = expand(from_resolved(m.spec["resolved"], str(d / mf.NAME)))
+    check(count(graph), str(d / mf.NAME), limits or Limits())
+    model = _rebuild(graph, m, d, weights, m.spec["resolved"].get("zero_init_residual", False))
+    recorded = tuple(dict.fromkeys(c["batch"] for c in (m.verification or {}).get("checks", [])))
+    report = new_report(graph, m.precision, m.counts.macs)
+    for target in chain(m.target):
+        check_target(report, model, target, d, m, batches=batches or recorded, seed=seed, progress=progress)
+    return m, report
+
+
+def _rebuild(graph: Graph, m: Manifest, d: Path, weights: Path | None, zero_init: bool) -> Any:
+    from .backends.torch import from_graph
+    from .weights import load_into, state_digest
+
+    w = m.weights
+    model = from_graph(graph, seed=int(w.get("seed", 0)), zero_init_residual=zero_init)
+    if w["kind"] == "file":
+        path = Path(weights or w["path"])
+        if load_into(model, path)["sha256"] != w["sha256"]:
+            raise InputError(f"weights file {path} is not the one {d} was compiled from (sha256 differs); pass the "
+                             "original with --weights")
+    elif state_digest(model.state_dict()) != w["sha256"]:
+        raise InputError(f"cannot regenerate the random weights of {d} (seed {w.get('seed')}): this torch "
+                         f"draws different numbers than torch {m.versions.get('torch')}; verify on "
+                         "that version, or compile with --weights")
+    return model.eval()
+
+
+def _reference(model: Any, x: np.ndarray, device: str) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        ref: np.ndarray = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+    if not np.isfinite(ref).all():
+        raise InputError(f"{model.graph.name}: the PyTorch module's own logits overflow to inf/NaN under these "
+                         "weights (very deep nets with random weights and untrained BN statistics do), so there is "
+                         "nothing to verify against; compile with trained --weights")
+    return ref
+
+
+@contextmanager
+def _on_device(model: Any, plan: Plan) -> Iterator[str]:
+    """Run the reference on the plan's device; on CUDA with TF32 as the plan says; move back afterwards."""
+    if plan.device == "cpu":
+        yield "cpu"
+        return
+    import torch
+
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = plan.tf32
+    model.to(plan.device)
+    try:
+        yield plan.device
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+        model.to("cpu")
+
+
+def _intermediates(model: Any, device: str) -> Localiser:
+    import torch
+
+    def run(names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            out = model.forward_intermediates(torch.from_numpy(x).to(device), names)
+        return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+    return run

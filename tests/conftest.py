@@ -1,4 +1,4 @@
-"""Shared fixtures: paths, the reference data copied from ../shared/reference, spec discovery."""
+"""Shared fixtures: paths, the reference data in tests/data (published figures, torchvision's layout), specs."""
 
 from __future__ import annotations
 

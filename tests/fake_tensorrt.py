@@ -1,15 +1,19 @@
-"""A stand-in for the ``tensorrt`` module's build path, so :func:`resdsl.backends.trt.build_engine` runs here.
+"""A stand-in for the ``tensorrt`` module's build path, so :func:`resdsl.backends.trt_build.build_engine` runs here.
 
-It implements only the names in :data:`resdsl.backends.trt.TRT_API` that building uses, with the
+It implements only the names in :data:`resdsl.backends.trt_build.TRT_API` that building uses, with the
 behaviour TensorRT documents for them: the ONNX parser reads the real file (with ``onnx``: input and
-output names, shapes with -1 for a dynamic axis, dtypes) and reports errors through ``num_errors`` /
-``get_error``; a builder config records workspace, optimisation level, flags (TF32 on by default) and
-profiles; ``build_serialized_network`` returns ``None`` when a profile does not cover the network's
-input, or when the workspace limit is below :data:`MIN_WORKSPACE`; a timing cache serialises with a
-header naming the device, and ``set_timing_cache(cache, ignore_mismatch=False)`` returns False for a
-cache made on another device. The "engine" is JSON of what the builder was given, so a test can read
-back exactly which options reached TensorRT. Nothing here computes; the real API surface is checked
-against TensorRT 11's own bindings by ``test_trt_api_exists_in_tensorrt_bindings``.
+output names, shapes with -1 for a dynamic axis, and the ONNX inputs' and outputs' own element types, as
+TensorRT's parser gives them to the network) and reports errors through ``num_errors`` / ``get_error``; a
+builder config records workspace, optimisation level, flags (TF32 on by default) and profiles;
+``build_serialized_network`` returns ``None`` when a profile does not cover the network's input, or when
+the workspace limit is below :data:`MIN_WORKSPACE`, and adds one timing entry per input shape to the
+config's timing cache. A timing cache serialises with a header naming the device and TensorRT version;
+``set_timing_cache(cache, ignore_mismatch=False)`` returns False for a cache made on another device, and
+``ITimingCache.combine(input_cache, ignore_mismatch)`` appends the input's entries, skipping conflicting
+ones, and returns False without combining when the input comes from another TensorRT version, or from
+another device unless ``ignore_mismatch``. The "engine" is JSON of what the builder was given, so a test
+can read back exactly which options reached TensorRT. Nothing here computes; the real API surface is
+checked against TensorRT 10's and 11's own bindings by ``test_trt_api_exists_in_tensorrt_bindings``.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ class OnnxParser:
         return len(self.errors)
 
     def get_error(self, i: int) -> str:
-        return self.errors[i]
+        return str(self.errors[i])
 
     def parse(self, model: bytes, path: str = "") -> bool:
         import onnx
@@ -127,11 +131,27 @@ class IOptimizationProfile:
 
 
 class ITimingCache:
-    def __init__(self, device: str, entries: dict[str, Any]) -> None:
-        self.device, self.entries = device, entries
+    def __init__(self, device: str, entries: dict[str, Any], version: str = __version__) -> None:
+        self.device, self.entries, self.version = device, entries, version
 
     def serialize(self) -> bytes:
-        return CACHE_MAGIC + json.dumps({"device": self.device, "entries": self.entries}).encode()
+        return CACHE_MAGIC + json.dumps({"device": self.device, "version": self.version,
+                                         "entries": self.entries}).encode()
+
+    def combine(self, input_cache: ITimingCache, ignore_mismatch: bool) -> bool:
+        if input_cache.version != self.version or (input_cache.device != self.device and not ignore_mismatch):
+            return False
+        for key, value in input_cache.entries.items():
+            self.entries.setdefault(key, value)  # conflicting entries are skipped
+        return True
+
+
+def read_cache(blob: bytes) -> ITimingCache:
+    """A serialized timing cache read back (what ``create_timing_cache`` does), for tests to inspect."""
+    if not blob.startswith(CACHE_MAGIC):
+        raise RuntimeError("Error Code 1: Serialization (invalid timing cache)")
+    data = json.loads(blob[len(CACHE_MAGIC):])
+    return ITimingCache(data["device"], data["entries"], data["version"])
 
 
 class IHostMemory(bytes):
@@ -165,13 +185,10 @@ class IBuilderConfig:
         blob = bytes(serialized)
         if not blob:
             return ITimingCache(DEVICE, {})
-        if not blob.startswith(CACHE_MAGIC):
-            raise RuntimeError("Error Code 1: Serialization (invalid timing cache)")
-        data = json.loads(blob[len(CACHE_MAGIC):])
-        return ITimingCache(data["device"], data["entries"])
+        return read_cache(blob)
 
     def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
-        if cache.device != DEVICE and not ignore_mismatch:
+        if cache.version != __version__ or (cache.device != DEVICE and not ignore_mismatch):
             return False
         self.cache = cache
         return True

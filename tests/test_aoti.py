@@ -18,6 +18,7 @@ import torch
 from resdsl import InputError, build
 from resdsl.backends import aoti
 from resdsl.errors import BackendUnavailable
+from resdsl.options import AotiOptions
 from resdsl.pipeline import CompileOptions, compile_spec
 from resdsl.runtime import load as load_artefact
 
@@ -33,7 +34,7 @@ def aoti_artefact(spec: Path, factory: pytest.TempPathFactory) -> Path:
     """Compile ``spec`` to an aoti CPU artefact with batch 1:1:4, once per test session."""
     if spec not in _COMPILED:
         out = factory.mktemp("aoti") / spec.stem
-        compile_spec(spec, CompileOptions(target="aoti", out=out, batch="1:1:4", extra={"device": "cpu"}))
+        compile_spec(spec, CompileOptions(target="aoti", out=out, batch="1:1:4", aoti=AotiOptions("cpu")))
         _COMPILED[spec] = out
     return _COMPILED[spec]
 

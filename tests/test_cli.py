@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,140 @@ def test_analytic_commands_do_not_import_torch() -> None:
     assert r.stdout.strip().endswith("[0, 0, 0]")
 
 
-@pytest.mark.parametrize("args", [[], ["flops"], ["frobnicate"]])
-def test_usage_errors_exit_2(args: list[str]) -> None:
-    assert run(*args).returncode == 2
+@pytest.mark.parametrize(("args", "message"), [
+    (["compile", "specs/cifar/resnet20.yaml", "--target", "onnx", "--batch", "4:2:1", "-o", "{tmp}/out"],
+     "resdsl: error: --batch 4:2:1: out of order; it needs MIN <= OPT <= MAX"),
+    (["compile", "specs/cifar/resnet20.yaml", "--target", "onnx", "--batch", "0", "-o", "{tmp}/out"],
+     "resdsl: error: --batch: batch sizes must be integers >= 1"),
+    (["verify", "{tmp}"], "resdsl: error: {tmp} has no manifest.json; it is not a resdsl artefact"),
+    (["flops", "specs"], "specs:1:1: is a directory, not a spec file"),
+], ids=["batch-order", "batch-zero", "verify-not-an-artefact", "flops-directory"])
+def test_bad_input_is_one_line_naming_the_option_and_writes_nothing(args: list[str], message: str,
+                                                                     tmp_path: Path) -> None:
+    """resdsl's own checks (not argparse's): exit 2, one line naming the flag or file and the fix, nothing left."""
+    r = run(*[a.format(tmp=tmp_path) for a in args])
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(message.format(tmp=tmp_path)), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "CompileOptions" not in r.stderr  # the command line names its flags, not the Python API's fields
+    assert list(tmp_path.iterdir()) == []  # no output, staging directory or lock file
+
+
+def test_aoti_compile_silences_torchs_leafspec_notice_and_nothing_else() -> None:
+    """``--target aoti`` printed torch's ``FutureWarning: isinstance(treespec, LeafSpec) is deprecated`` (raised when
+    Inductor copies the exported program). The oracle is torch itself: building a LeafSpec raises that notice."""
+    import warnings
+
+    from torch.utils._pytree import LeafSpec
+
+    from resdsl.backends import aoti
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        LeafSpec()  # outside: torch's notice, as a user saw it
+        with aoti._without_torch_internal_warnings():  # what export and compile run under
+            LeafSpec()
+            warnings.warn("some other deprecation", FutureWarning, stacklevel=1)
+            warnings.warn("a user warning", UserWarning, stacklevel=1)
+        LeafSpec()  # the filter ends with the block
+    messages = [(w.category, str(w.message)) for w in seen]
+    leaf = [m for c, m in messages if c is FutureWarning and "isinstance(treespec, LeafSpec)" in m]
+    assert len(leaf) == 2, messages
+    assert (FutureWarning, "some other deprecation") in messages and (UserWarning, "a user warning") in messages
+
+
+class _Stream:
+    """A stderr stand-in: records what was written and when, and says whether it is a terminal."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["pipe", "terminal"])
+def test_progress_prints_a_line_when_each_step_starts(tty: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from resdsl.progress import Progress
+
+    err = _Stream(tty)
+    monkeypatch.setattr(sys, "stderr", err)
+    p = Progress()
+    with p.step("exporting ONNX"):
+        during = err.text
+        p.note("half done")
+    with p.step("verifying"):
+        pass
+    assert during == ("resdsl: exporting ONNX ..." if tty else "resdsl: exporting ONNX ...\n")  # before it ends
+    lines = err.text.splitlines()
+    if tty:  # the duration is appended when the step ends (on a line of its own after a note)
+        assert lines[:2] == ["resdsl: exporting ONNX ...", "resdsl:   half done"]
+        assert re.fullmatch(r"resdsl: exporting ONNX: [0-9]+\.[0-9] s", lines[2])
+        assert re.fullmatch(r"resdsl: verifying \.\.\. [0-9]+\.[0-9] s", lines[3]) and len(lines) == 4
+    else:  # no bars, no carriage returns, no durations: one line per step
+        assert lines == ["resdsl: exporting ONNX ...", "resdsl:   half done", "resdsl: verifying ..."]
+    quiet = _Stream(tty)
+    monkeypatch.setattr(sys, "stderr", quiet)
+    q = Progress(quiet=True)
+    with q.step("exporting ONNX"):
+        q.note("half done")
+    assert quiet.text == ""
+
+
+def _tiny_cifar(d: Path) -> Path:
+    """Five training batches and a test batch in CIFAR-10's python format, 8 images each."""
+    import pickle
+
+    import numpy as np
+
+    d.mkdir()
+    r = np.random.default_rng(0)
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        x = r.integers(0, 255, (8, 3 * 32 * 32), dtype=np.uint8)
+        (d / name).write_bytes(pickle.dumps({b"data": x, b"labels": [int(v) for v in r.integers(0, 10, 8)]}))
+    (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
+    return d
+
+
+@pytest.mark.parametrize(("umask", "dir_mode", "file_mode"), [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)],
+                         ids=["022", "077"])
+def test_outputs_get_the_modes_the_umask_gives(umask: int, dir_mode: int, file_mode: int, tmp_path: Path) -> None:
+    """A compiled artefact, a training run and its plot are created as any tool creates files: 0777/0666 less the
+    umask, so a serving account can read them under umask 022 (mkdtemp/mkstemp alone give 0700/0600)."""
+    import stat
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT,
+                              timeout=300, umask=umask)
+
+    art = tmp_path / "art"
+    r = cli("compile", "specs/cifar/resnet20.yaml", "--target", "torch", "--batch", "2", "-o", str(art))
+    assert r.returncode == 0, r.stderr
+    assert mode(art) == dir_mode
+    assert {f.name: mode(f) for f in art.iterdir()} == {"manifest.json": file_mode, "model.pt": file_mode}
+    # not a terminal: each step still shows, one line as it starts
+    assert "resdsl: building the PyTorch module ...\n" in r.stderr
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("resdsl: 1\nname: tiny\ninput: {channels: 3, size: 32}\nblock: basic\nshortcut: A\n"
+                    "stem: {conv: {channels: 4, kernel: 3, stride: 1}}\nstages: [{width: 4, blocks: 1}]\n"
+                    "head: {classes: 10}\n")
+    run = tmp_path / "run"
+    r = cli("train", str(spec), "--data", str(_tiny_cifar(tmp_path / "data")), "--out", str(run), "--iterations",
+            "2", "--batch", "4", "--lr", "0.01", "--eval-every", "1")
+    assert r.returncode == 0, r.stderr
+    assert {f.name: mode(f) for f in run.iterdir()} == {"last.pt": file_mode, "metrics.csv": file_mode}
+    assert mode(run) == dir_mode
+    r = cli("plot", str(run), "-o", str(tmp_path / "curves.png"))
+    assert r.returncode == 0, r.stderr
+    assert mode(tmp_path / "curves.png") == file_mode

@@ -73,6 +73,33 @@ def test_preact_cifar_params_match_identity_mappings(depth: str, figures: dict) 
     assert r.depth == int(depth)
 
 
+@pytest.mark.parametrize("depth", ["164", "1001"])
+def test_preact_cifar_counts_equal_the_authors_code(depth: str, figures: dict) -> None:
+    """Exact counts of resnet-pre-act.lua (KaimingHe/resnet-1k-layers), worked out by hand in paper-figures.json:
+    the projection shortcut is a bare 1x1 conv (no BN), so BN parameters are the units' and the final BN's only."""
+    ref = figures["preact_cifar_authors_code"][depth]
+    r = count(expand(load(SPECS / "preact" / f"resnet{depth}.yaml")))
+    assert (r.params, r.macs) == (ref["params"], ref["macs"])
+    assert sum(n.params for n in r.nodes if n.op in ("conv", "fc")) == ref["conv_fc_params"]
+    assert sum(n.params for n in r.nodes if n.op == "bn") == ref["bn_params"]
+    # the README's note on ResNet-1001: 10.2M conv+fc weights in the paper, 10.33M with BN
+    assert round(ref["params"] / 1e6, 2) == {"164": 1.70, "1001": 10.33}[depth]
+
+
+def test_preact_projection_is_a_bare_conv_and_postact_keeps_its_bn() -> None:
+    pre = expand(load(SPECS / "preact" / "resnet164.yaml"))
+    names = {n.name for n in pre.nodes}
+    shortcuts = sorted(n.name for n in pre.nodes if ".downsample" in n.name)
+    assert shortcuts == ["layer1.0.downsample.0", "layer2.0.downsample.0", "layer3.0.downsample.0"]
+    for i in (1, 2, 3):  # the unit's sum takes the conv's output directly
+        assert pre.node(f"layer{i}.0.add").inputs == (f"layer{i}.0.conv3", f"layer{i}.0.downsample.0")
+        assert pre.node(f"layer{i}.0.downsample.0").op == "conv"
+    assert not any(n.endswith("downsample.1") for n in names)
+    post = expand(load(SPECS / "resnet50.yaml"))  # torchvision's layout: conv then BN
+    assert post.node("layer2.0.downsample.1").op == "bn"
+    assert post.node("layer2.0.add").inputs == ("layer2.0.bn3", "layer2.0.downsample.1")
+
+
 def test_plain_and_residual_nets_share_flops_under_option_a() -> None:
     plain, res = count(expand(load(SPECS / "plain34.yaml"))), count(expand(load(SPECS / "resnet34-a.yaml")))
     assert plain.macs == res.macs and plain.params == res.params

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -29,7 +30,8 @@ def test_every_spec_compiles_to_onnx_and_verifies(path: Path, tmp_path: Path) ->
             compile_spec(path, CompileOptions(target="onnx", out=tmp_path / "a"))
         assert not (tmp_path / "a").exists()
         return
-    out, m = compile_spec(path, CompileOptions(target="onnx", out=tmp_path / "a"))
+    out, manifest = compile_spec(path, CompileOptions(target="onnx", out=tmp_path / "a"))
+    m = manifest.to_dict()
     v = m["verification"]
     assert v["passed"] and v["flops"]["passed"]
     assert [c["batch"] for c in v["checks"]] == [1, 3]        # batch 1 and batch 3 on the same file
@@ -59,7 +61,7 @@ def test_resnet50_torchvision_golden_logits_through_onnxruntime(golden_tree: Pat
     monkeypatch.chdir(golden_tree)
     out, m = compile_spec("specs/golden50.yaml", CompileOptions(target="onnx", out=Path("art"),
                                                                 weights=Path("resnet50-reference.pth")))
-    assert m["weights"]["kind"] == "file"
+    assert m.weights["kind"] == "file"
     art = load_artefact(out)
     assert art.backend.startswith("onnxruntime")
     x = torch.linspace(-1, 1, 3 * 64 * 64).reshape(1, 3, 64, 64).numpy()
@@ -79,12 +81,12 @@ def test_fp16_onnx_compiles_verifies_and_keeps_fp32_io(tmp_path: Path) -> None:
     import onnx
 
     proto = onnx.load(out / "model.onnx")
-    assert m["precision"] == "fp16" and m["verification"]["tolerance"]["rel"] == 3e-2
+    assert m.precision == "fp16" and m.verification is not None and m.verification["tolerance"]["rel"] == 3e-2
     assert {t.data_type for t in proto.graph.initializer if t.data_type in (1, 10)} == {10}  # all float16
     assert proto.graph.input[0].type.tensor_type.elem_type == 1                           # float32 input
     out2, m2 = compile_spec(SPECS / "cifar" / "resnet20.yaml",
                             CompileOptions(target="onnx", out=tmp_path / "h2", precision="fp16", io="fp16"))
-    assert m2["inputs"][0]["dtype"] == "float16"
+    assert m2.input.dtype == "float16"
     y = load_artefact(out2)(np.zeros((2, 3, 32, 32), np.float32))
     assert y.dtype == np.float32 and y.shape == (2, 10)
 
@@ -119,7 +121,7 @@ def test_broken_onnx_artefacts_are_refused(tmp_path: Path) -> None:
     from resdsl.manifest import file_entry
 
     m = json.loads((d / "manifest.json").read_text())
-    m["files"]["model.onnx"] = file_entry(d / "model.onnx")
+    m["files"]["model.onnx"] = dataclasses.asdict(file_entry(d / "model.onnx"))
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(InputError, match="external"):
         load_artefact(d)

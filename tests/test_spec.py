@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -136,13 +135,57 @@ def test_mutated_specs_give_clean_spec_errors(data: st.DataObject, tmp_path: Pat
         assert e.problems
         assert all(p.file.endswith("mutant.yaml") and p.line >= 1 and p.col >= 1 for p in e.problems)
         return
-    from resdsl import count, expand
+    # A mutant the loader accepts must count like the module torch builds from it.
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
-    assert count(expand(spec)).macs >= 0
+    from resdsl import build, count, expand
+
+    report = count(expand(spec))
+    blocks = sum(s.blocks for s in spec.stages)
+    assert report.depth == (3 if spec.bottleneck else 2) * blocks + 2  # Table 1's depth: stem conv + units + fc
+    if blocks > 64:  # thousands of blocks take minutes to instantiate, even on the meta device
+        return
+    model = build(spec, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        y = model(torch.empty(1, spec.in_channels, *spec.in_size, device="meta"))
+    assert tuple(y.shape) == (1, spec.classes)
+    assert counter.get_total_flops() == 2 * report.macs
+    assert sum(p.numel() for p in model.parameters()) == report.params
+
+
+def _yaml_oracle(text: str) -> object:
+    """What PyYAML's safe loader makes of ``text``; ``_REFUSED`` when it refuses it."""
+    try:
+        return yaml.safe_load(text)
+    except Exception:  # YAMLError, or RecursionError on deep nesting
+        return _REFUSED
+
+
+_REFUSED = object()
+#: YAML documents of every shape: scalars, lists, mappings (a few of them close to a spec)
+_YAML_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-5, 300), st.text(max_size=8), st.sampled_from([1, "basic"])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.sampled_from(["resdsl", "name", "block", "stages", "width", "blocks",
+                                                             "x"]), inner, max_size=4)),
+    max_leaves=12)
 
 
 @settings(max_examples=150, deadline=None)
-@given(text=st.text(max_size=300))
-def test_arbitrary_text_never_crashes_the_loader(text: str) -> None:
-    with contextlib.suppress(SpecError):
-        loads(text)
+@given(text=st.one_of(st.text(max_size=300), st.text(alphabet="-:?[]{},#&*!|>'\"% \n\tab1", max_size=40),
+                     st.builds(yaml.safe_dump, _YAML_VALUES)))
+def test_arbitrary_text_is_refused_with_located_problems(text: str) -> None:
+    """Anything but a spec is a SpecError located inside the text; PyYAML is the oracle for what is YAML."""
+    doc = _yaml_oracle(text)
+    try:
+        spec = loads(text)
+    except SpecError as e:
+        assert e.problems
+        lines = len(text.splitlines()) + 1  # a superset of YAML's line breaks, plus the end of the stream
+        for p in e.problems:
+            assert p.file.endswith("spec.yaml") and 1 <= p.line <= lines and p.col >= 1, str(p)
+        if not isinstance(doc, dict):  # not YAML, or YAML but not a mapping: one problem at the top
+            assert len(e.problems) == 1, [str(p) for p in e.problems]
+        return
+    assert isinstance(doc, dict) and doc["resdsl"] == 1 and doc["name"] == spec.name

@@ -107,7 +107,8 @@ def test_loss_goes_down_and_checkpoint_loads_and_compiles(tiny: tuple[Path, Path
     load_into(build(load(tiny[0])), trained / "last.pt")
     _, manifest = compile_spec(tiny[0], CompileOptions(target="torch", out=tmp_path / "art",
                                                          weights=trained / "last.pt"))
-    assert manifest["verification"]["passed"] and manifest["weights"]["format"] == "resdsl"
+    assert manifest.verification is not None and manifest.verification["passed"]
+    assert manifest.weights["format"] == "resdsl"
 
 
 def test_crash_then_resume_equals_uninterrupted(tiny: tuple[Path, Path], tmp_path: Path,

@@ -1,16 +1,14 @@
-"""Tests of the TensorRT backend.
+"""Tests of the TensorRT backend (resdsl/backends/trt_build.py and trt_runtime.py).
 
 Four kinds:
 
-* the pure parts (``--batch`` parsing, option validation, the timing-cache key, the engine
-  compatibility rules, the BackendUnavailable messages), which run everywhere;
-* the API-surface test: every TensorRT name the backend uses must exist in the real TensorRT 11
-  Python bindings (``pip install tensorrt_cu13_bindings==11.4.0.106``). Those bindings link against
-  ``libnvinfer.so.11`` and friends, which only NVIDIA's index serves, so the test compiles stub
-  libraries with those sonames and symbols (gcc), loads them RTLD_GLOBAL and imports the bindings
-  in a subprocess (the stubs never enter the pytest process, where a real TensorRT may be wanted).
-  The list of names is :data:`resdsl.backends.trt.TRT_API`; a second test parses ``trt.py`` with
-  ``ast`` so that list cannot drift from the code;
+* the pure parts (the batch profile and TensorRT options, the timing-cache key, the engine
+  compatibility rules, the BackendUnavailable messages, which TensorRT distributions are installed),
+  which run everywhere;
+* the API-surface tests: every TensorRT name the backend uses must exist in the real Python bindings of
+  TensorRT 11 (``tensorrt_cu13_bindings``, from the dev extra) and of TensorRT 10 (``tensorrt_cu12_bindings``,
+  installed by the Makefile into folders of their own), loaded over stub libraries; and the list of names
+  must match the source of every ``trt*.py`` module (see tests/trt_surface.py);
 * build_engine against tests/fake_tensorrt.py, a stand-in that records what TensorRT is handed (options,
   profile, flags, timing cache) and refuses as TensorRT documents, so the build logic runs here;
 * end-to-end builds and runs, marked ``trt``, which need TensorRT's libraries and an NVIDIA GPU.
@@ -18,55 +16,48 @@ Four kinds:
 
 from __future__ import annotations
 
-import ast
 import builtins
 import dataclasses
 import importlib.metadata
-import importlib.util
 import json
 import os
+import platform
 import re
 import shutil
-import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from resdsl.backends import trt as backend
-from resdsl.backends.trt import (
-    TRT_API,
-    TRT_OBJECTS,
-    BatchProfile,
-    BuildOptions,
-    TrtEnvironment,
-    check_engine_compatible,
-    parse_batch,
-    timing_cache_key,
-)
-from resdsl.errors import BackendUnavailable, InputError
+from resdsl.backends import trt_build, trt_runtime
+from resdsl.backends.trt_build import TRT_API, TrtEnvironment, installed_versions, timing_cache_key
+from resdsl.backends.trt_runtime import check_engine_compatible
+from resdsl.errors import BackendUnavailable, InputError, OptionError
+from resdsl.options import BatchProfile, TrtOptions
 
-TRT_SOURCE = Path(backend.__file__)
-BINDINGS_DIST = "tensorrt_cu13_bindings"
+from . import trt_surface
 
-# --------------------------------------------------------------------------- --batch
+# --------------------------------------------------------------------------- --batch (resdsl.options.BatchProfile)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("8", (8, 8, 8)), ("1", (1, 1, 1)), ("1:8:32", (1, 8, 32)), (" 2:2:4 ", (2, 2, 4)), ("4:4:4", (4, 4, 4)),
 ])
 def test_parse_batch(text: str, expected: tuple[int, int, int]) -> None:
-    p = parse_batch(text)
+    p = BatchProfile.parse(text)
     assert (p.min, p.opt, p.max) == expected
-    assert parse_batch(str(p)) == p
+    assert BatchProfile.parse(str(p)) == p
 
 
 @pytest.mark.parametrize("text", ["", "a", "1.5", "8x", "1:8", "1:2:3:4", "1::3", "-1", "+3", "1:-2:3", "1e3", "٣"])
 def test_parse_batch_rejects_non_integers(text: str) -> None:
-    with pytest.raises(InputError, match=r"--batch .*N.*MIN:OPT:MAX"):
-        parse_batch(text)
+    with pytest.raises(OptionError, match=r"CompileOptions\.batch .*N .*MIN:OPT:MAX") as info:
+        BatchProfile.parse(text)
+    assert info.value.render({"batch": "--batch"}).startswith("--batch ")
 
 
 @pytest.mark.parametrize(("text", "match"), [
@@ -74,53 +65,53 @@ def test_parse_batch_rejects_non_integers(text: str) -> None:
     ("4:2:2", "MIN <= OPT <= MAX"),
 ])
 def test_parse_batch_rejects_bad_ranges(text: str, match: str) -> None:
-    with pytest.raises(InputError, match=match):
-        parse_batch(text)
+    with pytest.raises(OptionError, match=match):
+        BatchProfile.parse(text)
 
 
 def test_batch_profile_rejects_non_ints() -> None:
-    with pytest.raises(InputError):
-        BatchProfile(True, 1, 1)  # type: ignore[arg-type]
-    with pytest.raises(InputError):
+    with pytest.raises(OptionError):
+        BatchProfile(True, 1, 1)
+    with pytest.raises(OptionError):
         BatchProfile(1, 2.0, 3)  # type: ignore[arg-type]
 
 
-# --------------------------------------------------------------------------- BuildOptions
+# --------------------------------------------------------------------------- TensorRT options (resdsl.options)
 
 PROFILE = BatchProfile(1, 8, 32)
 
 
-def test_build_options_defaults() -> None:
-    o = BuildOptions(PROFILE)
-    assert (o.precision, o.workspace_mib, o.opt_level, o.timing_cache, o.tf32, o.version_compatible) == (
-        "fp32", 4096, 3, None, False, False)
-    assert BuildOptions(PROFILE, timing_cache="cache").timing_cache == Path("cache")  # type: ignore[arg-type]
+def test_trt_options_defaults() -> None:
+    o = TrtOptions()
+    assert (o.workspace_mib, o.opt_level, o.timing_cache, o.tf32, o.version_compatible) == (4096, 3, None, False, False)
+    assert TrtOptions(timing_cache="cache").timing_cache == Path("cache")  # type: ignore[arg-type]
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.tf32 = True  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"precision": "int8"}, "--precision 'int8'.*fp32 or fp16"),
-    ({"precision": "bf16"}, "--precision 'bf16'"),
-    ({"precision": "FP16"}, "--precision 'FP16'"),
-    ({"workspace_mib": 0}, "--workspace 0"),
-    ({"workspace_mib": -5}, "--workspace -5"),
-    ({"workspace_mib": 1.5}, "--workspace 1.5"),
-    ({"workspace_mib": True}, "--workspace True"),
-    ({"opt_level": 6}, "--opt-level 6.*0.*5"),
-    ({"opt_level": -1}, "--opt-level -1"),
-    ({"opt_level": "3"}, "--opt-level '3'"),
-    ({"profile": (1, 8, 32)}, "BatchProfile"),
+    ({"workspace_mib": 0}, r"TrtOptions\.workspace_mib 0: .*MiB"),
+    ({"workspace_mib": -5}, r"TrtOptions\.workspace_mib -5"),
+    ({"workspace_mib": 1.5}, r"TrtOptions\.workspace_mib 1\.5"),
+    ({"workspace_mib": True}, r"TrtOptions\.workspace_mib True"),
+    ({"opt_level": 6}, r"TrtOptions\.opt_level 6: .*0 .*5"),
+    ({"opt_level": -1}, r"TrtOptions\.opt_level -1"),
+    ({"opt_level": "3"}, r"TrtOptions\.opt_level '3'"),
 ])
-def test_build_options_validation(kwargs: dict[str, Any], match: str) -> None:
-    args = {"profile": PROFILE, **kwargs}
-    with pytest.raises(InputError, match=match):
-        BuildOptions(**args)
+def test_trt_options_validation(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(OptionError, match=match):
+        TrtOptions(**kwargs)
+
+
+def test_trt_options_refuse_a_file_as_timing_cache(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OptionError, match=r"TrtOptions\.timing_cache .*file.*is a file"):
+        TrtOptions(timing_cache=tmp_path / "file")
 
 
 @pytest.mark.parametrize("level", range(6))
-def test_build_options_accepts_all_opt_levels(level: int) -> None:
-    assert BuildOptions(PROFILE, opt_level=level).opt_level == level
+def test_trt_options_accept_all_opt_levels(level: int) -> None:
+    assert TrtOptions(opt_level=level).opt_level == level
 
 
 # --------------------------------------------------------------------------- timing cache key
@@ -128,8 +119,9 @@ def test_build_options_accepts_all_opt_levels(level: int) -> None:
 KEY_ENV = ("11.4.0.106", "NVIDIA H100 80GB HBM3", "9.0")
 
 
-def _key(trt_version: str = KEY_ENV[0], gpu: str = KEY_ENV[1], cc: str = KEY_ENV[2], **options: Any) -> str:
-    return timing_cache_key(BuildOptions(**{"profile": PROFILE, **options}), trt_version, gpu, cc)
+def _key(trt_version: str = KEY_ENV[0], gpu: str = KEY_ENV[1], cc: str = KEY_ENV[2], precision: str = "fp32",
+         **options: Any) -> str:
+    return timing_cache_key(TrtOptions(**options), precision, TrtEnvironment(trt_version, gpu, cc))
 
 
 def test_timing_cache_key_is_a_safe_file_name() -> None:
@@ -149,12 +141,10 @@ def test_timing_cache_key_changes_with_what_changes_timings(change: dict[str, An
 
 
 @pytest.mark.parametrize("change", [
-    {"workspace_mib": 512}, {"opt_level": 5}, {"opt_level": 0}, {"profile": BatchProfile(4, 4, 4)},
-    {"timing_cache": Path("/elsewhere")},
+    {"workspace_mib": 512}, {"opt_level": 5}, {"opt_level": 0}, {"timing_cache": Path("/elsewhere")},
 ])
 def test_timing_cache_key_ignores_what_does_not(change: dict[str, Any]) -> None:
     assert _key(**change) == _key()
-
 
 # --------------------------------------------------------------------------- compatibility
 
@@ -234,10 +224,11 @@ def _assert_install_hint(err: BackendUnavailable) -> None:
 def test_missing_tensorrt_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     _block_tensorrt(monkeypatch)
     with pytest.raises(BackendUnavailable, match="needs TensorRT, which is not installed") as info:
-        backend.environment()
+        trt_build.environment()
     _assert_install_hint(info.value)
-    for call in (lambda: backend.build_engine("m.onnx", "m.engine", BuildOptions(PROFILE)),
-                 lambda: backend.TrtRunner("m.engine")):
+    for call in (lambda: trt_build.build_engine("m.onnx", "m.engine", PROFILE, TrtOptions(), precision="fp32",
+                                                io="fp32"),
+                 lambda: trt_runtime.TrtRunner("m.engine")):
         with pytest.raises(BackendUnavailable):
             call()
 
@@ -246,184 +237,212 @@ def test_bindings_without_libraries_is_backend_unavailable(monkeypatch: pytest.M
     """What this machine shows with ``tensorrt_cu13_bindings`` installed but no libnvinfer."""
     _block_tensorrt(monkeypatch, "libnvonnxparser.so.11: cannot open shared object file: No such file or directory")
     with pytest.raises(BackendUnavailable, match=r"bindings are installed but .*libnvonnxparser\.so\.11") as info:
-        backend.environment()
+        trt_build.environment()
     _assert_install_hint(info.value)
 
 
 def test_missing_gpu_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    monkeypatch.setattr(backend, "_import_trt", lambda: type("FakeTrt", (), {"__version__": "11.4.0.106"}))
+    monkeypatch.setattr(trt_build, "_import_trt", lambda: type("FakeTrt", (), {"__version__": "11.4.0.106"}))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(BackendUnavailable, match=r"needs an NVIDIA GPU.*driver") as info:
-        backend.environment()
+        trt_build.environment()
     assert info.value.exit_code == 3
 
 
-# --------------------------------------------------------------------------- API surface vs TensorRT 11
-
-_STUB_LIBS = {  # soname prefix -> C definitions of the symbols the bindings import from it
-    "libnvinfer": [
-        "void *createInferBuilder_INTERNAL(void *logger, int version) { return 0; }",
-        "void *createInferRuntime_INTERNAL(void *logger, int version) { return 0; }",
-        "void *createInferRefitter_INTERNAL(void *engine, void *logger, int version) { return 0; }",
-        "void *getPluginRegistry(void) { return 0; }",
-        "void *getBuilderPluginRegistry(int capability) { return 0; }",
-    ],
-    "libnvinfer_plugin": ["int initLibNvInferPlugins(void *logger, const char *ns) { return 0; }"],
-    "libnvonnxparser": [
-        "void *createNvOnnxParser_INTERNAL(void *network, void *logger, int version) { return 0; }",
-        "void *createNvOnnxParserRefitter_INTERNAL(void *refitter, void *logger, int version) { return 0; }",
-        "int getNvOnnxParserVersion(void) { return 0; }",
-    ],
-}
-
-# Run in a fresh interpreter: load the stubs, import the bindings through the backend's own import
-# path (with the ``tensorrt`` package blocked, so the ``tensorrt_bindings`` fallback is what runs),
-# resolve every name, and check the logger subclass and the flag arithmetic the backend relies on.
-_PROBE = r"""
-import ctypes, json, os, sys
-for lib in json.loads(sys.argv[1]):
-    ctypes.CDLL(lib, mode=os.RTLD_GLOBAL)
-sys.modules["tensorrt"] = None
-from resdsl.backends import trt as backend
-trt = backend._import_trt()
-missing = []
-for name in backend.TRT_API:
-    obj = trt
-    for part in name.split("."):
-        if not hasattr(obj, part):
-            missing.append(name)
-            break
-        obj = getattr(obj, part)
-logger = backend._make_logger(trt)
-assert isinstance(logger, trt.ILogger)
-logger.log(trt.ILogger.Severity.ERROR, "boom")
-assert logger.messages == ["boom"], logger.messages
-assert 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) >= 1
-print(json.dumps({"version": str(trt.__version__), "module": trt.__name__, "missing": missing}))
-"""
+# --------------------------------------------------------------------------- which TensorRT is installed
 
 
-@pytest.fixture(scope="session")
-def trt_stubs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """Stub ``libnvinfer.so.N`` etc. (N = the installed bindings' major version), built with gcc."""
-    if importlib.util.find_spec("tensorrt_bindings") is None:
-        pytest.skip(f"TensorRT's Python bindings are not installed: pip install '{BINDINGS_DIST}==11.4.0.106'")
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is needed to compile the stub TensorRT libraries the bindings link against")
+class _Dist:
+    """What ``importlib.metadata.distributions()`` yields, as far as installed_versions reads it."""
+
+    def __init__(self, name: str, version: str) -> None:
+        self.metadata, self.version = {"Name": name}, version
+
+
+def test_installed_versions_finds_every_tensorrt_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Distribution names as NVIDIA publishes them on PyPI (spelled as their wheels' metadata may spell them).
+    tensorrt = {"tensorrt": "11.4.0.106", "tensorrt-cu12": "10.16.1.11", "tensorrt-cu13": "11.4.0.106",
+                "tensorrt_cu12_bindings": "10.16.1.11", "tensorrt_cu13_bindings": "11.4.0.106",
+                "tensorrt-cu12-libs": "10.16.1.11", "tensorrt_cu13_libs": "11.4.0.106", "tensorrt_lean": "11.4.0.106",
+                "tensorrt-dispatch": "11.4.0.106", "tensorrt-lean-cu13-bindings": "11.4.0.106",
+                "tensorrt-dispatch-cu12-libs": "10.16.1.11", "tensorrt-cu11": "10.13.0.35",
+                "TensorRT.Lean_CU12": "10.16.1.11"}
+    others = {"tensorrt-rtx": "1.7.1.116", "tensorrt-rtx-cu13-bindings": "1.7.1.116", "tensorrt-llm": "1.2.1",
+              "tensorrt-stubs": "10.13.0.35.1", "nvidia-tensorrt": "99.0.0", "torch-tensorrt": "2.9.0",
+              "tensorrt-yolo": "4.3.1", "numpy": "2.3.0"}
+    dists = [_Dist(n, v) for n, v in {**tensorrt, **others}.items()]
+    dists.append(_Dist("tensorrt_cu13_bindings", "10.0.1"))  # further down the path: shadowed, not imported
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: iter(dists))
+    assert installed_versions() == {
+        "tensorrt": "11.4.0.106", "tensorrt-cu11": "10.13.0.35", "tensorrt-cu12": "10.16.1.11",
+        "tensorrt-cu12-bindings": "10.16.1.11", "tensorrt-cu12-libs": "10.16.1.11", "tensorrt-cu13": "11.4.0.106",
+        "tensorrt-cu13-bindings": "11.4.0.106", "tensorrt-cu13-libs": "11.4.0.106", "tensorrt-dispatch": "11.4.0.106",
+        "tensorrt-dispatch-cu12-libs": "10.16.1.11", "tensorrt-lean": "11.4.0.106", "tensorrt-lean-cu12": "10.16.1.11",
+        "tensorrt-lean-cu13-bindings": "11.4.0.106"}
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: iter([_Dist("numpy", "2.3.0")]))
+    assert installed_versions() == {}
+
+
+def test_installed_versions_sees_this_environment() -> None:
     try:
-        major = importlib.metadata.version(BINDINGS_DIST).split(".")[0]
+        want = importlib.metadata.version("tensorrt_cu13_bindings")
     except importlib.metadata.PackageNotFoundError:
-        pytest.skip(f"tensorrt_bindings is installed, but not from {BINDINGS_DIST} (the TensorRT 11 bindings)")
-    out = tmp_path_factory.mktemp("trt-stubs")
-    libs = []
-    for stem, defs in _STUB_LIBS.items():
-        soname = f"{stem}.so.{major}"
-        src = out / f"{stem}.c"
-        src.write_text("\n".join(defs) + "\n")
-        subprocess.run([gcc, "-shared", "-fPIC", "-o", str(out / soname), f"-Wl,-soname,{soname}", str(src)],
-                       check=True, capture_output=True, text=True)
-        libs.append(str(out / soname))
-    return libs
+        pytest.skip("tensorrt_cu13_bindings is not installed (the dev extra installs it)")
+    assert installed_versions()["tensorrt-cu13-bindings"] == want
+
+
+# --------------------------------------------------------------------------- API surface vs TensorRT 10 and 11
+
+# The releases checked. TensorRT 11's bindings come with the dev extra (site-packages); TensorRT 10's provide
+# the same module, so the Makefile installs each into .venv/trt-bindings/VERSION, put first on the probe's path.
+BINDINGS = [
+    pytest.param("11.4.0.106", "tensorrt_cu13_bindings", False, id="11.4.0.106"),
+    pytest.param("10.16.1.11", "tensorrt_cu12_bindings", True, id="10.16.1.11"),
+    pytest.param("10.0.1", "tensorrt_cu12_bindings", True, id="10.0.1"),
+]
+# Where the Makefile installs them (CI=true, linux x86_64, Python 3.11), a missing release fails instead of skipping.
+MUST_RUN = (sys.platform == "linux" and platform.machine() == "x86_64" and sys.version_info[:2] == (3, 11)
+            and os.environ.get("CI", "").lower() in ("true", "1"))
+
+
+def _unavailable(reason: str) -> None:
+    (pytest.fail if MUST_RUN else pytest.skip)(reason)
+
+
+def _bindings_folder(release: str, dist: str, own_folder: bool) -> str:
+    """The sys.path entry to import ``release`` from ("" for this environment's own), or skip saying how to
+    install it."""
+    if not own_folder:
+        try:
+            found = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found = None
+        if found != release:
+            _unavailable(f"TensorRT {release}'s Python bindings are not installed here (found {dist} {found}); "
+                         f"pip install '{dist}=={release}' (the dev extra does)")
+        return ""
+    folder = Path(sys.prefix) / "trt-bindings" / release
+    found_here = [d.version for d in importlib.metadata.distributions(path=[str(folder)])
+                  if re.sub(r"[-_.]+", "_", str(d.metadata["Name"])).lower() == dist]
+    if found_here != [release]:
+        _unavailable(f"TensorRT {release}'s Python bindings are not installed in {folder} (found {found_here}); "
+                     f"the Makefile's install step does (`rm .venv/.installed; make test`), or: "
+                     f"pip install --no-deps --target {folder} "
+                     f"'{dist}=={release}'")
+    return str(folder)
 
 
 @pytest.fixture(scope="session")
-def trt_probe(trt_stubs: list[str]) -> dict[str, Any]:
-    repo = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(trt_stubs)], capture_output=True, text=True,
-                          env=env, timeout=120)
-    if proc.returncode != 0:
-        pytest.fail("importing the TensorRT bindings over the stub libraries failed; if it names an undefined "
-                    f"symbol, add it to _STUB_LIBS:\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+def trt_stubs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``major -> [stub libnvinfer.so.MAJOR, ...]``, compiled once per major version with gcc."""
+    built: dict[str, list[str]] = {}
+
+    def stubs(major: str) -> list[str]:
+        gcc = shutil.which("gcc")
+        if gcc is None:
+            _unavailable("gcc is needed to compile the stub TensorRT libraries the bindings link against")
+        if major not in built:
+            built[major] = trt_surface.build_stubs(str(gcc), tmp_path_factory.mktemp(f"trt{major}-stubs"), major)
+        return built[major]
+
+    return stubs
 
 
-def test_trt_api_exists_in_tensorrt_bindings(trt_probe: dict[str, Any], record_property: Any) -> None:
-    record_property("tensorrt_version", trt_probe["version"])
-    assert trt_probe["module"] == "tensorrt_bindings"
-    assert trt_probe["version"].split(".")[0] == "11", f"expected the TensorRT 11 bindings, got {trt_probe}"
-    assert trt_probe["missing"] == [], (
-        f"TensorRT {trt_probe['version']} lacks names resdsl/backends/trt.py uses: {trt_probe['missing']}")
+def _missing_report(release: str, missing: dict[str, str]) -> str:
+    """``{name: the deepest part of it that exists}`` as one line naming, for each name, what is missing where."""
+    return f"TensorRT {release} lacks names the backend uses (TRT_API): " + "; ".join(
+        f"{name} ({where} has no {name.split('.')[where.count('.')]!r})" for name, where in sorted(missing.items()))
 
 
-def _chain(node: ast.expr) -> list[str] | None:
-    """``a.b.c`` -> ``["a", "b", "c"]``; None for anything that is not a pure name/attribute chain."""
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        return [node.id, *reversed(parts)]
-    return None
+@pytest.mark.parametrize(("release", "dist", "own_folder"), BINDINGS)
+def test_trt_api_exists_in_tensorrt_bindings(release: str, dist: str, own_folder: bool, trt_stubs: Any,
+                                             record_property: Any) -> None:
+    where = _bindings_folder(release, dist, own_folder)
+    probe = trt_surface.probe(trt_stubs(release.split(".")[0]), where)
+    record_property("tensorrt_version", probe["version"])
+    assert (probe["module"], probe["version"]) == ("tensorrt_bindings", release), probe
+    assert not where or probe["file"].startswith(where), f"imported {probe['file']}, not the bindings in {where}"
+    assert probe["missing"] == {}, _missing_report(release, probe["missing"])
 
 
-def _trt_object(node: ast.expr) -> str | None:
-    """The TensorRT class of ``node`` when it is a variable (or ``self._variable``) named in TRT_OBJECTS."""
-    if isinstance(node, ast.Name):
-        return TRT_OBJECTS.get(node.id)
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
-        return TRT_OBJECTS.get(node.attr.lstrip("_"))
-    return None
-
-
-def _used_trt_names(source: str) -> set[str]:
-    """Every TensorRT name trt.py uses: ``trt.X.Y`` chains, attributes of TensorRT objects, and
-    methods overridden in subclasses of TensorRT classes."""
-    tree = ast.parse(source)
-    inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
-    used: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and id(node) not in inner:
-            chain = _chain(node)
-            if chain and chain[0] == "trt":
-                used.add(".".join(chain[1:]))
-        if isinstance(node, ast.Attribute) and (cls := _trt_object(node.value)):
-            used.add(f"{cls}.{node.attr}")
-        if isinstance(node, ast.ClassDef):
-            for base in node.bases:
-                chain = _chain(base)
-                if chain and chain[0] == "trt":
-                    used.add(".".join(chain[1:]))
-                    used.update(f"{'.'.join(chain[1:])}.{f.name}" for f in node.body if isinstance(f, ast.FunctionDef))
-    return used
+def test_missing_names_are_reported_precisely() -> None:
+    report = _missing_report("10.0.1", {"ITimingCache.query": "tensorrt.ITimingCache", "Foo.bar": "tensorrt"})
+    assert report == ("TensorRT 10.0.1 lacks names the backend uses (TRT_API): Foo.bar (tensorrt has no 'Foo'); "
+                      "ITimingCache.query (tensorrt.ITimingCache has no 'query')")
 
 
 def test_trt_api_matches_the_source() -> None:
-    used = _used_trt_names(TRT_SOURCE.read_text())
+    assert {"trt.py", "trt_build.py", "trt_runtime.py"} <= {p.name for p in trt_surface.TRT_SOURCES}
+    used = set().union(*(trt_surface.used_trt_names(p.read_text()) for p in trt_surface.TRT_SOURCES))
     declared = set(TRT_API)
     assert len(declared) == len(TRT_API), "TRT_API has duplicates"
-    assert not used - declared, f"trt.py uses TensorRT names missing from TRT_API: {sorted(used - declared)}"
-    assert not declared - used, f"TRT_API lists names trt.py no longer uses: {sorted(declared - used)}"
+    assert not used - declared, f"the backend uses TensorRT names missing from TRT_API: {sorted(used - declared)}"
+    assert not declared - used, f"TRT_API lists names the backend no longer uses: {sorted(declared - used)}"
 
 
-def test_trt_objects_are_held_only_in_declared_variables() -> None:
+@pytest.mark.parametrize("source", trt_surface.TRT_SOURCES, ids=lambda p: p.name)
+def test_trt_objects_are_held_only_in_declared_variables(source: Path) -> None:
     """Results of TensorRT calls must land in TRT_OBJECTS variables, or their attribute uses escape the check."""
-    plain_values = {"ok"}  # booleans returned by TensorRT calls
-    tree = ast.parse(TRT_SOURCE.read_text())
-    strays = []
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)):
-            continue
-        func = node.value.func
-        from_trt = (isinstance(func, ast.Attribute) and ((_chain(func) or [""])[0] == "trt"
-                                                          or _trt_object(func.value) is not None))
-        for target in node.targets if from_trt else []:
-            name = target.id if isinstance(target, ast.Name) else getattr(target, "attr", "?").lstrip("_")
-            if name not in TRT_OBJECTS and name not in plain_values:
-                strays.append(f"line {node.lineno}: {ast.unparse(target)}")
-    assert not strays, f"TensorRT objects held outside TRT_OBJECTS' names: {strays}"
+    strays = trt_surface.stray_trt_objects(source.read_text())
+    assert not strays, f"{source.name}: TensorRT objects held outside TRT_OBJECTS' names: {strays}"
 
 
 def test_surface_checker_sees_every_kind_of_use() -> None:
     """The AST checker itself: chains, object attributes, self attributes and overridden methods."""
     src = ("x = trt.BuilderFlag.TF32\nconfig.clear_flag(x)\nself._engine.num_io_tensors\n"
-           "class L(trt.ILogger):\n    def log(self): pass\nother.thing\n")
-    assert _used_trt_names(src) == {"BuilderFlag.TF32", "IBuilderConfig.clear_flag", "ICudaEngine.num_io_tensors",
-                                    "ILogger", "ILogger.log"}
+           "class L(trt.ILogger):\n    def log(self): pass\nother.thing\ncache.combine(disk_cache, False)\n")
+    assert trt_surface.used_trt_names(src) == {"BuilderFlag.TF32", "IBuilderConfig.clear_flag",
+                                               "ICudaEngine.num_io_tensors", "ILogger", "ILogger.log",
+                                               "ITimingCache.combine"}
+    assert trt_surface.stray_trt_objects("plan = builder.build_serialized_network(network, config)\n"
+                                         "blob = engine.serialize()\nok = context.execute_async_v3(0)\n") == [
+        "line 2: blob"]
+
+
+# --------------------------------------------------------------------------- shared by the builds below
+
+
+def _tiny_onnx(path: Path, *, precision: str = "fp32", io: str = "fp32", size: int = 16) -> Any:
+    """A 2-layer conv net exported to ONNX with resdsl's I/O names and a dynamic batch, made float16 inside by
+    resdsl's own fp16 pass for ``precision="fp16"`` (float16 I/O too for ``io="fp16"``); returns the module."""
+    import onnx
+    import torch
+    from torch import nn
+
+    from resdsl.passes.fp16 import to_float16
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 3, stride=2, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    torch.onnx.export(model, (torch.randn(2, 3, size, size),), str(path), input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      dynamo=False)
+    if precision == "fp16":
+        onnx.save(to_float16(onnx.load(path), keep_io_fp32=io == "fp32"), path)
+    return model
+
+
+def _onnx_io_dtypes(path: Path) -> list[str]:
+    """The ONNX file's own input and output element types, read with onnx (the oracle for the I/O dtype)."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    names = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16"}
+    return [names[v.type.tensor_type.elem_type] for v in (*graph.input, *graph.output)]
+
+
+def _temporaries(root: Path) -> list[Path]:
+    """Files left by an interrupted atomic write: resdsl.atomic.write_bytes_atomic writes ``.NAME.XXXXXXXX``
+    beside ``NAME`` and renames it, so nothing hidden should remain."""
+    return sorted(p for p in root.rglob(".*") if p.is_file())
+
+
+def _build(onnx_path: Path, engine_path: Path, *, batch: str = "1:8:32", precision: str = "fp32", io: str = "fp32",
+           **options: Any) -> dict[str, Any]:
+    return trt_build.build_engine(onnx_path, engine_path, BatchProfile.parse(batch), TrtOptions(**options),
+                                  precision=precision, io=io)
 
 
 # --------------------------------------------------------------------------- real builds (GPU + TensorRT)
@@ -432,24 +451,9 @@ def test_surface_checker_sees_every_kind_of_use() -> None:
 @pytest.fixture(scope="module")
 def trt_env() -> TrtEnvironment:
     try:
-        return backend.environment()
+        return trt_build.environment()
     except BackendUnavailable as exc:
         pytest.skip(f"needs TensorRT's libraries and an NVIDIA GPU: {exc}")
-
-
-def _tiny_onnx(path: Path, dtype: Any = None) -> Any:
-    """A 2-layer conv net exported to ONNX with resdsl's I/O names and a dynamic batch; returns the module."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 3, stride=2, padding=1),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
-    model = model.to(dtype or torch.float32)
-    x = torch.randn(2, 3, 16, 16, dtype=dtype or torch.float32)
-    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-    return model
 
 
 @pytest.mark.trt
@@ -457,19 +461,19 @@ def test_build_and_run_fp32(trt_env: TrtEnvironment, tmp_path: Path) -> None:
     import torch
 
     model = _tiny_onnx(tmp_path / "m.onnx")
-    opts = BuildOptions(parse_batch("1:2:4"), workspace_mib=256, opt_level=1, timing_cache=tmp_path / "cache")
-    info = backend.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", opts)
+    opts: dict[str, Any] = {"batch": "1:2:4", "workspace_mib": 256, "opt_level": 1, "timing_cache": tmp_path / "cache"}
+    info = _build(tmp_path / "m.onnx", tmp_path / "m.engine", **opts)
     assert info["trt_version"] == trt_env.trt_version and info["compute_capability"] == trt_env.compute_capability
     assert info["options"]["tf32"] is False and info["options"]["profile"] == "1:2:4"
     assert info["timing_cache_status"] == "new" and Path(info["options"]["timing_cache"]).is_file()
     assert (tmp_path / "m.engine").stat().st_size == info["engine_bytes"]
-    assert not [p for p in tmp_path.rglob("*.tmp")], "atomic writes left temporary files behind"
+    assert not _temporaries(tmp_path), "atomic writes left temporary files behind"
     check_engine_compatible(info, trt_env)
 
-    again = backend.build_engine(tmp_path / "m.onnx", tmp_path / "m2.engine", opts)
+    again = _build(tmp_path / "m.onnx", tmp_path / "m2.engine", **opts)
     assert again["timing_cache_status"] == "reused"
 
-    runner = backend.TrtRunner(tmp_path / "m.engine", sha256=info["engine_sha256"])
+    runner = trt_runtime.TrtRunner(tmp_path / "m.engine", sha256=info["engine_sha256"])
     x = np.random.default_rng(0).standard_normal((3, 3, 16, 16), dtype=np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
@@ -481,43 +485,41 @@ def test_build_and_run_fp32(trt_env: TrtEnvironment, tmp_path: Path) -> None:
         with pytest.raises(InputError, match=r"N in 1\.\.4"):
             runner(bad)
     with pytest.raises(InputError, match="SHA-256"):
-        backend.TrtRunner(tmp_path / "m.engine", sha256="0" * 64)
+        trt_runtime.TrtRunner(tmp_path / "m.engine", sha256="0" * 64)
 
 
 @pytest.mark.trt
-def test_build_and_run_fp16(trt_env: TrtEnvironment, tmp_path: Path) -> None:
+@pytest.mark.parametrize("io", ["fp32", "fp16"])
+def test_build_and_run_fp16(trt_env: TrtEnvironment, tmp_path: Path, io: str) -> None:
+    """fp16 inside, with fp32 I/O (the default) or fp16 I/O: TensorRT takes both."""
     import torch
 
-    model = _tiny_onnx(tmp_path / "h.onnx", torch.float16)
-    info = backend.build_engine(tmp_path / "h.onnx", tmp_path / "h.engine",
-                                BuildOptions(parse_batch("2"), precision="fp16", workspace_mib=256))
-    assert info["options"]["precision"] == "fp16"
+    model = _tiny_onnx(tmp_path / "h.onnx", precision="fp16", io=io)
+    info = _build(tmp_path / "h.onnx", tmp_path / "h.engine", batch="2", precision="fp16", io=io, workspace_mib=256)
+    assert (info["options"]["precision"], info["options"]["io"]) == ("fp16", io)
     x = np.random.default_rng(1).standard_normal((2, 3, 16, 16), dtype=np.float32)
     with torch.no_grad():
-        want = model.float()(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(backend.TrtRunner(tmp_path / "h.engine")(x), want, rtol=2e-2, atol=2e-2)
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(trt_runtime.TrtRunner(tmp_path / "h.engine")(x), want, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.trt
 def test_build_refuses_mismatched_models_and_options(trt_env: TrtEnvironment, tmp_path: Path) -> None:
-    _tiny_onnx(tmp_path / "m.onnx")
-    with pytest.raises(InputError, match="input is fp32, not fp16"):
-        backend.build_engine(tmp_path / "m.onnx", tmp_path / "x.engine", BuildOptions(PROFILE, precision="fp16"))
+    _tiny_onnx(tmp_path / "h.onnx", precision="fp16", io="fp16")
+    with pytest.raises(OptionError, match=r"h\.onnx takes 'input' as fp16 and gives 'logits' as fp16"):
+        _build(tmp_path / "h.onnx", tmp_path / "x.engine", precision="fp16", io="fp32")
     with pytest.raises(InputError, match="no such ONNX file"):
-        backend.build_engine(tmp_path / "nope.onnx", tmp_path / "x.engine", BuildOptions(PROFILE))
+        _build(tmp_path / "nope.onnx", tmp_path / "x.engine")
     (tmp_path / "garbage.onnx").write_bytes(b"not a model")
-    with pytest.raises(InputError, match="could not parse"):
-        backend.build_engine(tmp_path / "garbage.onnx", tmp_path / "x.engine", BuildOptions(PROFILE))
-    (tmp_path / "file").write_text("")
-    with pytest.raises(InputError, match="is a file"):
-        backend.build_engine(tmp_path / "m.onnx", tmp_path / "x.engine",
-                             BuildOptions(PROFILE, timing_cache=tmp_path / "file"))
+    with pytest.raises(InputError, match=r"garbage\.onnx: TensorRT could not parse this ONNX model: "):
+        _build(tmp_path / "garbage.onnx", tmp_path / "x.engine")
     assert not (tmp_path / "x.engine").exists()
 
 
 # --------------------------------------------------------------------------- build path against a stand-in TensorRT
 # tests/fake_tensorrt.py behaves as TensorRT documents for the calls build_engine makes and records what it was
-# given, so these run build_engine's own logic (options, profile, timing cache, atomic writes, refusals) here.
+# given, so these run build_engine's own logic (options, profile, I/O dtypes, timing cache, atomic writes,
+# refusals) here. They assert on what resdsl does and says, not on the stand-in's own strings.
 
 GPU = ("NVIDIA H100 80GB HBM3", "9.0")
 
@@ -526,8 +528,8 @@ GPU = ("NVIDIA H100 80GB HBM3", "9.0")
 def fake_trt(monkeypatch: pytest.MonkeyPatch) -> Any:
     from . import fake_tensorrt
 
-    monkeypatch.setattr(backend, "_import_trt", lambda: fake_tensorrt)
-    monkeypatch.setattr(backend, "_require_gpu", lambda: GPU)
+    monkeypatch.setattr(trt_build, "_import_trt", lambda: fake_tensorrt)
+    monkeypatch.setattr(trt_build, "_require_gpu", lambda: GPU)
     return fake_tensorrt
 
 
@@ -539,56 +541,108 @@ def test_build_engine_hands_the_options_to_tensorrt(fake_trt: Any, tmp_path: Pat
     import hashlib
 
     _tiny_onnx(tmp_path / "m.onnx")
-    opts = BuildOptions(parse_batch("1:2:4"), workspace_mib=256, opt_level=1, timing_cache=tmp_path / "cache")
-    info = backend.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", opts)
+    opts: dict[str, Any] = {"batch": "1:2:4", "workspace_mib": 256, "opt_level": 1, "timing_cache": tmp_path / "cache"}
+    info = _build(tmp_path / "m.onnx", tmp_path / "m.engine", **opts)
     engine = _engine(tmp_path / "m.engine")
     assert engine["strongly_typed"] and engine["pools"] == {"workspace": 256 << 20} and engine["opt_level"] == 1
     assert engine["builder_flags"] == []  # TF32 (on by default in TensorRT) cleared; not version-compatible
     assert engine["profiles"] == [{"input": [[1, 3, 16, 16], [2, 3, 16, 16], [4, 3, 16, 16]]}]
-    assert engine["io"] == [["input", [-1, 3, 16, 16], "float32"], ["logits", [-1, 5], "float32"]]
     blob = (tmp_path / "m.engine").read_bytes()
     assert info["engine_sha256"] == hashlib.sha256(blob).hexdigest() and info["engine_bytes"] == len(blob)
-    assert (info["trt_version"], info["gpu"], info["compute_capability"]) == (fake_trt.__version__, *GPU)
-    assert info["options"]["profile"] == "1:2:4" and info["input_chw"] == [3, 16, 16]
-    key = timing_cache_key(opts, fake_trt.__version__, *GPU)
-    assert info["timing_cache_key"] == key and info["timing_cache_status"] == "new"
-    cache_file = tmp_path / "cache" / f"{key}.timing-cache"
-    assert info["options"]["timing_cache"] == str(cache_file)
-    assert cache_file.read_bytes().startswith(fake_trt.CACHE_MAGIC)
-    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")], "atomic writes left temporary files"
-    check_engine_compatible(info, TrtEnvironment(fake_trt.__version__, *GPU))
+    env = TrtEnvironment(fake_trt.__version__, *GPU)
+    assert (info["trt_version"], info["gpu"], info["compute_capability"]) == (env.trt_version, *GPU)
+    assert info["options"] == {"workspace_mib": 256, "opt_level": 1, "tf32": False, "version_compatible": False,
+                               "profile": "1:2:4", "precision": "fp32", "io": "fp32",
+                               "timing_cache": str(tmp_path / "cache" / f"{timing_cache_key(TrtOptions(), 'fp32', env)}"
+                                                                        ".timing-cache")}
+    assert info["input_chw"] == [3, 16, 16] and info["timing_cache_status"] == "new"
+    assert info["timing_cache_key"] == timing_cache_key(TrtOptions(), "fp32", env)
+    assert Path(info["options"]["timing_cache"]).is_file()
+    assert not _temporaries(tmp_path), "atomic writes left temporary files behind"
+    check_engine_compatible(info, env)
 
-    assert backend.build_engine(tmp_path / "m.onnx", tmp_path / "m2.engine", opts)["timing_cache_status"] == "reused"
-    wide = dataclasses.replace(opts, tf32=True, version_compatible=True)
-    info = backend.build_engine(tmp_path / "m.onnx", tmp_path / "m3.engine", wide)
+    assert _build(tmp_path / "m.onnx", tmp_path / "m2.engine", **opts)["timing_cache_status"] == "reused"
+    info = _build(tmp_path / "m.onnx", tmp_path / "m3.engine", **opts, tf32=True, version_compatible=True)
     assert _engine(tmp_path / "m3.engine")["builder_flags"] == ["tf32", "version_compatible"]
-    assert info["timing_cache_status"] == "new" and info["timing_cache_key"] != key  # its own cache file
+    assert info["timing_cache_status"] == "new" and info["timing_cache_key"].endswith("-tf32-vc")  # its own file
 
 
-@pytest.mark.parametrize("cache", [b"garbage", b"other device"])
-def test_unusable_timing_cache_is_replaced(fake_trt: Any, tmp_path: Path, cache: bytes) -> None:
+@pytest.mark.parametrize("cache", ["garbage", "other device", "other version"])
+def test_unusable_timing_cache_is_replaced(fake_trt: Any, tmp_path: Path, cache: str) -> None:
     _tiny_onnx(tmp_path / "m.onnx")
-    opts = BuildOptions(PROFILE, timing_cache=tmp_path / "cache")
-    cache_file = tmp_path / "cache" / f"{timing_cache_key(opts, fake_trt.__version__, *GPU)}.timing-cache"
+    env = TrtEnvironment(fake_trt.__version__, *GPU)
+    cache_file = tmp_path / "cache" / f"{timing_cache_key(TrtOptions(), 'fp32', env)}.timing-cache"
     cache_file.parent.mkdir()
-    cache_file.write_bytes(cache if cache == b"garbage" else fake_trt.ITimingCache("another GPU", {}).serialize())
-    info = backend.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", opts)
+    stale = {"garbage": None, "other device": fake_trt.ITimingCache("another GPU", {"old": "x"}),
+             "other version": fake_trt.ITimingCache(fake_trt.DEVICE, {"old": "x"}, "10.16.1.11")}[cache]
+    cache_file.write_bytes(b"garbage" if stale is None else stale.serialize())
+    info = _build(tmp_path / "m.onnx", tmp_path / "m.engine", timing_cache=tmp_path / "cache")
     assert info["timing_cache_status"] == "discarded"
-    assert json.loads(cache_file.read_bytes()[len(fake_trt.CACHE_MAGIC):])["device"] == fake_trt.DEVICE
+    written = fake_trt.read_cache(cache_file.read_bytes())
+    assert (written.device, written.version) == (fake_trt.DEVICE, fake_trt.__version__) and "old" not in written.entries
 
 
-def test_fp16_graph_builds_as_fp16(fake_trt: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("precision", "io"), [("fp32", "fp32"), ("fp16", "fp32"), ("fp16", "fp16")])
+def test_build_takes_the_models_io_dtype(fake_trt: Any, tmp_path: Path, precision: str, io: str) -> None:
+    """``--precision fp16`` keeps fp32 inputs and outputs unless ``--io fp16``; each combination builds."""
+    _tiny_onnx(tmp_path / "m.onnx", precision=precision, io=io)
+    assert _onnx_io_dtypes(tmp_path / "m.onnx") == [io, io]  # what the stand-in's network will carry
+    info = _build(tmp_path / "m.onnx", tmp_path / "m.engine", precision=precision, io=io)
+    assert (info["options"]["precision"], info["options"]["io"]) == (precision, io)
+    assert (tmp_path / "m.engine").stat().st_size == info["engine_bytes"]
+    numpy_names = {"fp32": "float32", "fp16": "float16"}  # the stand-in's network carries the file's own types
+    assert [t[2] for t in _engine(tmp_path / "m.engine")["io"]] == [numpy_names[io], numpy_names[io]]
+
+
+def test_stand_in_combines_timing_caches_as_tensorrt_documents(fake_trt: Any) -> None:
+    """ITimingCache.combine: appends the input's entries, skips conflicting ones, and combines nothing (returning
+    False) across TensorRT versions, or across devices unless ignore_mismatch."""
+    mine = fake_trt.ITimingCache(fake_trt.DEVICE, {"k1": "mine"})
+    assert mine.combine(fake_trt.ITimingCache(fake_trt.DEVICE, {"k1": "theirs", "k2": "theirs"}), False)
+    assert mine.entries == {"k1": "mine", "k2": "theirs"}
+    assert not mine.combine(fake_trt.ITimingCache(fake_trt.DEVICE, {"k3": "x"}, "10.16.1.11"), True)
+    assert not mine.combine(fake_trt.ITimingCache("another GPU", {"k4": "x"}), False)
+    assert mine.combine(fake_trt.ITimingCache("another GPU", {"k4": "x"}), True)
+    assert set(mine.entries) == {"k1", "k2", "k4"}
+
+
+@pytest.mark.parametrize(("model_io", "io"), [("fp16", "fp32"), ("fp32", "fp16")])
+def test_build_refuses_another_io_dtype(fake_trt: Any, tmp_path: Path, model_io: str, io: str) -> None:
+    _tiny_onnx(tmp_path / "m.onnx", precision="fp16", io=model_io)
+    with pytest.raises(OptionError) as info:
+        _build(tmp_path / "m.onnx", tmp_path / "m.engine", precision="fp16", io=io)
+    msg = info.value.render({"io": "--io"})
+    assert msg == (f"--io {io}: {tmp_path / 'm.onnx'} takes 'input' as {model_io} and gives 'logits' as {model_io}, "
+                   f"so it cannot make an engine with {io} inputs and outputs; the I/O dtype is fixed when the ONNX "
+                   f"model is exported, so give --io {model_io} for this model, or export it again with --io {io}")
+    assert str(info.value).startswith(f"CompileOptions.io {io}: ") and not (tmp_path / "m.engine").exists()
+
+
+def test_build_checks_the_output_dtype_too(fake_trt: Any, tmp_path: Path) -> None:
+    """A model whose input is fp32 but whose logits are fp16 serves neither I/O dtype."""
     import onnx
 
-    from resdsl.passes.fp16 import to_float16
-
     _tiny_onnx(tmp_path / "m.onnx")
-    onnx.save(to_float16(onnx.load(tmp_path / "m.onnx"), keep_io_fp32=False), tmp_path / "h.onnx")
-    with pytest.raises(InputError, match=r"input is fp16, not fp32.*--precision fp32"):
-        backend.build_engine(tmp_path / "h.onnx", tmp_path / "x.engine", BuildOptions(PROFILE))
-    backend.build_engine(tmp_path / "h.onnx", tmp_path / "h.engine", BuildOptions(PROFILE, precision="fp16"))
-    assert [t[2] for t in _engine(tmp_path / "h.engine")["io"]] == ["float16", "float16"]
-    assert not (tmp_path / "x.engine").exists()
+    proto = onnx.load(tmp_path / "m.onnx")
+    last = next(n for n in proto.graph.node if "logits" in n.output)
+    last.output[:] = ["logits_fp32"]
+    proto.graph.node.append(onnx.helper.make_node("Cast", ["logits_fp32"], ["logits"], to=onnx.TensorProto.FLOAT16))
+    proto.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    onnx.save(proto, tmp_path / "mixed.onnx")
+    assert _onnx_io_dtypes(tmp_path / "mixed.onnx") == ["fp32", "fp16"]
+    for io in ("fp32", "fp16"):
+        with pytest.raises(OptionError) as info:
+            _build(tmp_path / "mixed.onnx", tmp_path / "m.engine", precision="fp16", io=io)
+        assert info.value.render({"io": "--io"}).endswith(
+            "takes 'input' as fp32 and gives 'logits' as fp16, so it cannot make an engine with "
+            f"{io} inputs and outputs; the I/O dtype is fixed when the ONNX model is exported, so export it "
+            f"again with --io {io}")
+
+
+def test_build_refuses_bad_precision_and_io(fake_trt: Any, tmp_path: Path) -> None:
+    for kwargs, field in (({"precision": "int8"}, "precision"), ({"io": "bf16"}, "io")):
+        with pytest.raises(OptionError, match=rf"CompileOptions\.{field} '\w+': .*fp32 or fp16"):
+            _build(tmp_path / "m.onnx", tmp_path / "m.engine", **kwargs)
 
 
 def test_build_engine_refusals(fake_trt: Any, tmp_path: Path) -> None:
@@ -603,20 +657,78 @@ def test_build_engine_refusals(fake_trt: Any, tmp_path: Path) -> None:
     proto.graph.input[0].name = "x"
     onnx.save(proto, tmp_path / "renamed.onnx")
     (tmp_path / "garbage.onnx").write_bytes(b"not a model")
-    (tmp_path / "file").write_text("")
-    cases = [
-        ("m.onnx", BuildOptions(PROFILE, precision="fp16"), r"input is fp32, not fp16.*--precision fp16"),
-        ("nope.onnx", BuildOptions(PROFILE), "no such ONNX file"),
-        ("garbage.onnx", BuildOptions(PROFILE), r"could not parse this ONNX model: ModelImporter"),
-        ("m.onnx", BuildOptions(PROFILE, timing_cache=tmp_path / "file"), "is a file"),
-        ("static.onnx", BuildOptions(PROFILE), r"fixed at 2 .*--batch 1:8:32 cannot be served; use --batch 2"),
-        ("renamed.onnx", BuildOptions(PROFILE), r"expected input 'input'.*found \[\('x'"),
-        ("m.onnx", BuildOptions(PROFILE, workspace_mib=1), r"failed to build.*TensorRT said: .*workspace.*larger "
-                                                           r"--workspace"),
+    cases: list[tuple[str, dict[str, Any], type[Exception], str]] = [
+        ("nope.onnx", {}, InputError, r"nope\.onnx: no such ONNX file; export the model first"),
+        ("garbage.onnx", {}, InputError, r"garbage\.onnx: TensorRT could not parse this ONNX model: (?!no details)"),
+        ("static.onnx", {}, OptionError, r"CompileOptions\.batch 1:8:32: \S*static\.onnx fixes the batch size at 2, "
+                                         r"so .*give CompileOptions\.batch 2"),
+        ("renamed.onnx", {}, InputError, r"expected input 'input'.*found \[\('x'"),
+        ("m.onnx", {"workspace_mib": 1}, InputError, r"m\.onnx: TensorRT failed to build an engine \(batch 1:8:32, "
+                                                     r"workspace 1 MiB\); TensorRT said: .+; a larger workspace limit"),
     ]
-    for name, opts, match in cases:
-        with pytest.raises(InputError, match=match):
-            backend.build_engine(tmp_path / name, tmp_path / "x.engine", opts)
+    for name, options, error, match in cases:
+        with pytest.raises(error, match=match):
+            _build(tmp_path / name, tmp_path / "x.engine", **options)
         assert not (tmp_path / "x.engine").exists(), name
-    backend.build_engine(tmp_path / "static.onnx", tmp_path / "s.engine", BuildOptions(parse_batch("2")))
+    _build(tmp_path / "static.onnx", tmp_path / "s.engine", batch="2")
     assert _engine(tmp_path / "s.engine")["profiles"] == [{"input": [[2, 3, 16, 16]] * 3}]
+
+
+def test_unwritable_timing_cache_is_refused_before_building(fake_trt: Any, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    _tiny_onnx(tmp_path / "m.onnx")
+    (tmp_path / "file").write_text("")  # a directory inside a file cannot be made
+    builds: list[Any] = []
+    monkeypatch.setattr(fake_trt.Builder, "build_serialized_network", lambda *a: builds.append(a))
+    with pytest.raises(OptionError, match=r"TrtOptions\.timing_cache \S+file/cache: cannot write the timing cache "
+                                          r"there \(Not a directory\); give a writable directory"):
+        _build(tmp_path / "m.onnx", tmp_path / "m.engine", timing_cache=tmp_path / "file" / "cache")
+    assert builds == [] and not (tmp_path / "m.engine").exists()
+
+
+def test_concurrent_builds_keep_both_timing_cache_entries(fake_trt: Any, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two builds sharing one timing-cache directory, both started before either finished: each must find
+    the other's timing entries in the cache afterwards (locked read-combine-write), not just its own."""
+    for name, size in (("a", 16), ("b", 8)):  # two input shapes: two different timing entries
+        _tiny_onnx(tmp_path / f"{name}.onnx", size=size)
+    alone = {}  # the oracle: the entries each build adds on its own
+    for name in "ab":
+        info = _build(tmp_path / f"{name}.onnx", tmp_path / f"{name}-alone.engine", timing_cache=tmp_path / name)
+        alone[name] = set(fake_trt.read_cache(Path(info["options"]["timing_cache"]).read_bytes()).entries)
+    assert alone["a"] and alone["b"] and alone["a"] != alone["b"]
+
+    barrier = threading.Barrier(2, timeout=60)
+    build, serialize = fake_trt.Builder.build_serialized_network, fake_trt.ITimingCache.serialize
+
+    def build_together(self: Any, network: Any, config: Any) -> Any:
+        barrier.wait()  # both builds have read the (still empty) cache directory before either writes back
+        return build(self, network, config)
+
+    def slow_serialize(self: Any) -> bytes:
+        time.sleep(0.3)  # as serialising a large cache takes a while: any unlocked write-back would interleave
+        return bytes(serialize(self))
+
+    monkeypatch.setattr(fake_trt.Builder, "build_serialized_network", build_together)
+    monkeypatch.setattr(fake_trt.ITimingCache, "serialize", slow_serialize)
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+
+    def run(name: str) -> None:
+        try:
+            results[name] = _build(tmp_path / f"{name}.onnx", tmp_path / f"{name}.engine",
+                                   timing_cache=tmp_path / "shared")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert [results[n]["timing_cache_status"] for n in "ab"] == ["new", "new"]  # neither saw the other's cache
+    cache_file = Path(results["a"]["options"]["timing_cache"])
+    assert cache_file == Path(results["b"]["options"]["timing_cache"])
+    assert set(fake_trt.read_cache(cache_file.read_bytes()).entries) == alone["a"] | alone["b"]
+    assert not _temporaries(tmp_path)

@@ -1,7 +1,7 @@
 """AOTInductor target: ``model.pt2``, the module exported with ``torch.export`` and compiled ahead of time.
 
-:func:`aoti_target` is the ``aoti`` entry of :data:`resdsl.targets.RUNNERS`; :func:`load` is what
-:mod:`resdsl.runtime` calls to open such an artefact. The package holds a shared library generated
+The ``aoti`` target (see :mod:`resdsl.backends.base`); :func:`open` is what :mod:`resdsl.runtime` calls to
+open such an artefact. The package holds a shared library generated
 by Inductor for one device (``cpu`` or ``cuda``; for CUDA, for the GPU architecture it was compiled
 on) and one torch version, so :func:`load` checks both against the manifest before opening it.
 
@@ -16,16 +16,38 @@ keeps batch 1 inside the compiled range.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BackendUnavailable, InputError
+from .base import Plan, Written
+
+if TYPE_CHECKING:
+    from ..manifest import Manifest
+    from ..options import CompileOptions
+    from ..progress import Progress
 
 PACKAGE = "model.pt2"
+#: torch's notice about its own internals (torch.utils._pytree), raised while Inductor pickles the program;
+#: nothing a resdsl user can act on, so export and compile run without it. Other warnings still show.
+_TORCH_INTERNAL_WARNINGS = (
+    (FutureWarning, r".*isinstance\(treespec, LeafSpec\)`? is deprecated"),
+)
+
+
+@contextlib.contextmanager
+def _without_torch_internal_warnings() -> Iterator[None]:
+    """Silence :data:`_TORCH_INTERNAL_WARNINGS`, and only those, for the duration of the block."""
+    with warnings.catch_warnings():
+        for category, message in _TORCH_INTERNAL_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
 
 
 def resolve_device(requested: str | None) -> str:
@@ -33,8 +55,6 @@ def resolve_device(requested: str | None) -> str:
     import torch
 
     device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"--device {device!r}: the aoti target compiles for cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailable("--device cuda: this PyTorch (CUDA build: "
                                  f"{torch.version.cuda or 'none, a CPU-only build'}) sees no NVIDIA GPU; install a "
@@ -105,53 +125,76 @@ def export(module: Any, chw: tuple[int, ...], batch: tuple[int, int, int], dtype
     example = torch.zeros(max(2, batch[0]) if dynamic else batch[0], *chw, dtype=dtype, device=device)
     shapes = ({0: torch.export.Dim("batch", min=batch[0], max=batch[2])},) if dynamic else None
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _without_torch_internal_warnings():
             return torch.export.export(module, (example,), dynamic_shapes=shapes)
     except torch._dynamo.exc.UserError as e:  # constraint violations: the batch range cannot stay dynamic
         raise InputError(f"--batch {batch[0]}:{batch[1]}:{batch[2]}: torch.export cannot keep the batch dimension "
                          f"dynamic over this range ({str(e).splitlines()[0]}); compile a fixed --batch N") from None
 
 
-def aoti_target(model: Any, spec: Any, opts: Any, batch: tuple[int, int, int], tmp: Path, progress: Any
-                ) -> tuple[dict[str, Any], Any]:
-    """model.pt2: an AOTInductor package for cpu or cuda, verified by loading it back as :func:`load` does."""
+NAME, BASE, PRECISIONS = "aoti", None, ("fp32", "fp16")
+
+
+def check_environment(options: CompileOptions) -> None:
+    """The device must exist, and AOTInductor needs torch >= 2.6 and a C++ compiler."""
+    resolve_device(options.aoti_options.device)
+    _check_toolchain()
+
+
+def write(stage: Path, model: Any, spec: Any, options: CompileOptions, progress: Progress) -> Written:
+    """model.pt2: an AOTInductor package for cpu or cuda."""
     import torch
     import torch._inductor
 
-    from ..manifest import file_entry, versions
-    from ..runtime import open_artefact
-    from ..targets import run_checks, verify_batches
-
-    device = resolve_device(opts.extra.get("device"))
-    _check_toolchain()
-    if opts.precision == "fp16" and device == "cpu":
+    device = resolve_device(options.aoti_options.device)
+    if options.precision == "fp16" and device == "cpu":
         # Inductor generates fp16 CPU kernels (computing in fp32 registers) and oneDNN runs fp16 convs; slow without
-        # AVX512-FP16/AMX but correct, and verified below like any other artefact.
+        # AVX512-FP16/AMX but correct, and verified like any other artefact.
         progress.note("fp16 on cpu: supported by Inductor but emulated on most CPUs (slow); it is meant for cuda")
-    dynamic = batch[0] != batch[2]
-    io_dtype = torch.float16 if opts.io == "fp16" else torch.float32
-    path = tmp / PACKAGE
-    module = boundary(model, opts.precision, opts.io).to(device)
-    what = f"batch {batch[0]}..{batch[2]}" if dynamic else f"batch {batch[0]}"
-    with progress.step(f"exporting with torch.export ({what}, {opts.precision}, {device})"):
-        program = export(module, (spec.in_channels, *spec.in_size), batch, io_dtype, device)
+    b = options.batch
+    io_dtype = torch.float16 if options.io == "fp16" else torch.float32
+    path = stage / PACKAGE
+    module = boundary(model, options.precision, options.io).to(device)
+    what = f"batch {b.min}..{b.max}" if b.dynamic else f"batch {b.min}"
+    with progress.step(f"exporting with torch.export ({what}, {options.precision}, {device})"):
+        program = export(module, (spec.in_channels, *spec.in_size), (b.min, b.opt, b.max), io_dtype, device)
     with progress.step(f"compiling with AOTInductor for {device} (a minute or more: Inductor runs a C++ build)"):
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        with _without_torch_internal_warnings():
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     del module, program
     if device == "cuda":
         torch.cuda.empty_cache()
-    info: dict[str, Any] = {"device": device, "torch": torch.__version__, "dynamic_batch": dynamic,
-                            "batch_range": [batch[0], batch[2]]}
+    info: dict[str, Any] = {"device": device, "torch": torch.__version__, "dynamic_batch": b.dynamic,
+                            "batch_range": [b.min, b.max]}
     if device == "cuda":
         info.update(_gpu(), cuda=str(torch.version.cuda))
-    manifest: dict[str, Any] = {"files": {PACKAGE: file_entry(path)}, "aoti": info,
-                                "versions": versions("torch", "numpy")}
-    art = open_artefact(tmp, {**manifest, "target": "aoti", "precision": opts.precision,
-                              "inputs": [{"dtype": "float16" if opts.io == "fp16" else "float32"}]})
-    b = verify_batches({"min": batch[0], "max": batch[2]}, opts.verify_batches)
-    with progress.step(f"verifying model.pt2 on {device} at batch {', '.join(map(str, b))}"):
-        report = run_checks(model, spec, opts.precision, b, {art.backend: art}, opts.seed)
-    return manifest, report
+    return Written((PACKAGE,), sections={"aoti": info}, packages=("torch", "numpy"))
+
+
+class Runner:
+    """A loaded AOTInductor package."""
+
+    backend = "aoti"
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        self._fn = fn
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self._fn(x)
+
+
+def open(directory: Path, manifest: Manifest, threads: int | None = None) -> Runner:
+    """Load ``model.pt2`` after checking the torch release and device it was compiled for."""
+    return Runner(load(directory / PACKAGE, manifest))
+
+
+def plan(manifest: Manifest) -> Plan:
+    """The package runs on its device; the reference module runs there too."""
+    return Plan(device=str(manifest.section("aoti").get("device", "cpu")))
+
+
+def localiser(directory: Path, manifest: Manifest) -> None:
+    return None
 
 
 def _base(version: str) -> str:
@@ -159,12 +202,12 @@ def _base(version: str) -> str:
     return version.split("+", 1)[0]
 
 
-def check_compatible(manifest: dict[str, Any], where: Path) -> str:
+def check_compatible(manifest: Manifest, where: Path) -> str:
     """Refuse, before opening it, a package this torch or machine cannot run; return its device."""
     import torch
 
-    info = manifest.get("aoti")
-    if not isinstance(info, dict) or not info.get("device") or not info.get("torch"):
+    info = manifest.section("aoti")
+    if not info.get("device") or not info.get("torch"):
         raise InputError(f"{where}: the manifest's 'aoti' section lacks the device or torch version the package "
                          "was compiled for, so it cannot be checked before loading; compile it again")
     device, built = str(info["device"]), str(info["torch"])
@@ -186,7 +229,7 @@ def check_compatible(manifest: dict[str, Any], where: Path) -> str:
     return device
 
 
-def load(path: str | Path, manifest: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+def load(path: str | Path, manifest: Manifest) -> Callable[[np.ndarray], np.ndarray]:
     """Open ``model.pt2`` after :func:`check_compatible`; return numpy (N, C, H, W) -> numpy logits."""
     import torch
     import torch._inductor

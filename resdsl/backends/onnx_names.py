@@ -14,7 +14,7 @@ import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from .onnx import INPUT, _need
+from .onnx_file import INPUT, need
 
 if TYPE_CHECKING:
     import onnx
@@ -75,7 +75,7 @@ def _infer_missing_shapes(proto: onnx.ModelProto) -> None:
     C++ (4.2 s of ResNet-152's export). Large initializers (the weights) become inputs of their shape;
     small ones (Reshape's shape, Pad's widths) keep their values, which inference reads.
     """
-    ox = _need("onnx")
+    ox = need("onnx")
     skeleton = ox.ModelProto(ir_version=proto.ir_version, opset_import=proto.opset_import)
     g = skeleton.graph
     g.node.extend(proto.graph.node)

@@ -15,15 +15,23 @@ import contextlib
 import operator
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..expand import expand
 from ..ir import Graph, Node
+from ..options import DEFAULT_LIMITS, Limits
 from ..spec import Spec, load
+from .base import Plan, Written
+
+if TYPE_CHECKING:
+    from ..manifest import Manifest
+    from ..options import CompileOptions
+    from ..progress import Progress
 
 
 class ShortcutA(nn.Module):
@@ -147,33 +155,90 @@ def init_weights(model: ResNet, zero_init_residual: bool = False) -> None:
 
 
 def build(spec: Spec | str | Path, *, seed: int | None = 0, device: str | torch.device | None = None,
-          max_params: int | None = None, max_gmacs: float | None = None) -> ResNet:
+          limits: Limits | None = DEFAULT_LIMITS) -> ResNet:
     """Build the trainable module of a spec (a path or a loaded Spec).
 
-    Weights are He-initialised from ``seed`` without touching the global RNG
-    (``seed=None`` uses it). ``device='meta'`` builds shapes only, for counting.
-    Networks beyond ``max_params``/``max_gmacs`` (see :mod:`resdsl.limits`) are
-    refused before any tensor is allocated.
+    Weights are He-initialised from ``seed`` without touching the global RNG (``seed=None`` uses it).
+    ``device='meta'`` builds shapes only, for counting. Networks beyond ``limits`` (see
+    :mod:`resdsl.limits`) are refused before any tensor is allocated; ``limits=None`` skips the check, for
+    callers that made it already.
     """
     if not isinstance(spec, Spec):
         spec = load(spec)
     graph = expand(spec)
-    if str(device) != "meta":  # shapes-only modules cost no memory
+    if limits is not None and str(device) != "meta":  # shapes-only modules cost no memory
         from ..flops import count
         from ..limits import check
 
-        check(count(graph), spec.source, max_params, max_gmacs)
+        check(count(graph), spec.source, limits)
+    return from_graph(graph, seed=seed, device=device, zero_init_residual=spec.zero_init_residual)
+
+
+def from_graph(graph: Graph, *, seed: int | None = 0, device: str | torch.device | None = None,
+               zero_init_residual: bool = False) -> ResNet:
+    """The module of an expanded graph, initialised as :func:`build` does (no limits checked)."""
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = ResNet(graph)
-    if str(device) != "meta":
-        if seed is None:
-            init_weights(model, spec.zero_init_residual)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                init_weights(model, spec.zero_init_residual)
-                # nn.Linear's own default init drew from the global RNG at construction; redraw it here
-                fc = model.get_submodule("fc")
-                assert isinstance(fc, nn.Linear)
-                fc.reset_parameters()
+    if str(device) == "meta":
+        return model
+    if seed is None:
+        init_weights(model, zero_init_residual)
+        return model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        init_weights(model, zero_init_residual)
+        # nn.Linear's own default init drew from the global RNG at construction; redraw it here
+        fc = model.get_submodule("fc")
+        assert isinstance(fc, nn.Linear)
+        fc.reset_parameters()
     return model
+
+
+# --------------------------------------------------------------------------- the torch target
+# model.pt, a resdsl checkpoint (float32), verified by loading it back into a fresh module.
+
+NAME, BASE, PRECISIONS = "torch", None, ("fp32",)
+CHECKPOINT = "model.pt"
+
+
+def check_environment(options: CompileOptions) -> None:
+    """Nothing beyond torch itself, which is imported already."""
+
+
+def write(stage: Path, model: ResNet, spec: Spec, options: CompileOptions, progress: Progress) -> Written:
+    """Save the module's state as a resdsl checkpoint (``--weights`` reads it back)."""
+    from ..weights import save_checkpoint
+
+    with progress.step(f"saving {CHECKPOINT}"):
+        save_checkpoint(model, stage / CHECKPOINT, {"spec": spec.resolved, "name": spec.name})
+    return Written((CHECKPOINT,), packages=("torch", "numpy", "pyyaml"))
+
+
+class _Runner:
+    backend = "torch"
+
+    def __init__(self, model: ResNet) -> None:
+        self.model = model
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.asarray(self.model(torch.from_numpy(x)).numpy())
+
+
+def open(directory: Path, manifest: Manifest, threads: int | None = None) -> _Runner:
+    """A fresh module from the manifest's spec with the checkpoint's weights (strict)."""
+    from ..spec import from_resolved
+    from ..weights import read_state
+
+    model = ResNet(expand(from_resolved(manifest.spec["resolved"], str(directory / "manifest.json"))))
+    state, _ = read_state(directory / CHECKPOINT)
+    model.load_state_dict(state, strict=True)
+    return _Runner(model.eval())
+
+
+def plan(manifest: Manifest) -> Plan:
+    return Plan()
+
+
+def localiser(directory: Path, manifest: Manifest) -> None:
+    return None

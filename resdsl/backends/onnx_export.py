@@ -1,0 +1,154 @@
+"""``nn.Module`` -> ``model.onnx``: the export.
+
+Exported files have input ``input`` and output ``logits``, batch axis ``batch``
+(symbolic unless a static batch is asked for). Each layer of ``model.graph`` is
+the tensor named by its module path, made by a node named ``PATH/Op``
+(``layer3.4.conv2`` by ``layer3.4.conv2/Conv``); ``fc``'s is ``logits``. BN stays
+an inference-mode ``BatchNormalization``, so each conv's own output exists to be
+compared; ONNX Runtime and TensorRT fold it when they build. ``metadata_props``
+keep the map (``resdsl.tensors``) and a sha256 of the rest (``resdsl.sha256``),
+checked on every load.
+
+Exporter choice, from ``bench/onnx_exporters.py`` (torch 2.13.0 CPU, onnx 1.23.2,
+onnxruntime 1.32.0, 2 cores, opset 18, dynamic batch). s: first export in a
+process / median of 3 more; err: max|ORT - torch| / max|torch| at batch 1 and 3
+from one file; paths: module paths readable in the raw export; noopt: optimize=False::
+
+    net      exporter      first s  warm s  err b1   err b3   dyn  paths    nodes
+    cifar20  torchscript      0.98    0.54  2.8e-07  1.7e-07  yes    4/61     118
+    cifar20  dynamo           8.54    5.34  2.8e-07  1.6e-07  yes   42/61      56
+    cifar20  dynamo-noopt     7.37    7.10  2.8e-07  1.4e-07  yes   61/61     256
+    r18@64   torchscript      1.56    1.53  6.3e-07  7.9e-07  yes    5/60      65
+    r18@64   dynamo           5.32    5.62  6.1e-07  8.2e-07  yes   40/60      49
+    r18@64   dynamo-noopt     4.69    4.57  6.1e-07  7.7e-07  yes   60/60     179
+    r50@224  torchscript      1.58    1.58  8.0e-07  8.5e-07  yes    5/158    169
+    r50@224  dynamo          11.41   11.36  7.6e-07  8.3e-07  yes  105/158    122
+    r50@224  dynamo-noopt     8.34    8.84  8.1e-07  8.2e-07  yes  158/158    450
+
+All exact, all keep the batch axis. TorchScript is 3-8x faster but names scopes by
+attribute only (``/conv1_1/Conv``) and is deprecated; dynamo's default optimizer
+folds BN into the conv, losing the conv's output and path. So ``auto`` is dynamo
+with optimize=False, then :func:`_tidy` (r18: 70 nodes); for opset 17 it is
+TorchScript (dynamo emits >= 18; onnx has no Pad 18 -> 17 adapter), whose paths
+are rebuilt from torch's ``_unqualified_variable_name`` scopes (``relu_1``, ``downsample.0``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from ..errors import InputError, VerificationError
+from .onnx_file import BATCH, INPUT, MIN_OPSET, OUTPUT, TENSORS_KEY, PathLike, need, save
+
+if TYPE_CHECKING:
+    import onnx
+
+    from .torch import ResNet
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What :func:`export` wrote. ``tensor_of`` maps every node of ``model.graph`` to its ONNX tensor."""
+
+    path: str
+    opset: int
+    exporter: str  # the exporter that ran: "dynamo" or "torchscript"
+    input_name: str
+    output_name: str
+    input_shape: tuple[int | str, ...]  # ("batch", 3, 224, 224) when the batch axis is dynamic
+    output_shape: tuple[int | str, ...]
+    tensor_of: dict[str, str] = field(hash=False)
+    seconds: float = 0.0
+
+
+def export(model: ResNet, path: PathLike, *, opset: int = 18, batch: int | None = None, dynamic_batch: bool = True,
+           exporter: str = "auto") -> ExportInfo:
+    """Export ``model`` in eval mode to ``path`` (written atomically, then checked with ``full_check``).
+
+    ``batch`` is the fixed batch size when ``dynamic_batch`` is False (default 1);
+    otherwise the axis is the symbol ``batch``, checked in the result. ``exporter``:
+    ``auto`` (dynamo; TorchScript for opset 17), ``dynamo`` or ``torchscript``.
+    """
+    ox = need("onnx")
+    batch = 1 if batch is None else batch
+    if not MIN_OPSET <= opset <= ox.defs.onnx_opset_version() or batch < 1 or exporter not in (
+            "auto", "dynamo", "torchscript"):
+        raise InputError(f"opset {opset}, batch {batch}, exporter {exporter!r}: resdsl exports opsets {MIN_OPSET} to "
+                         f"{ox.defs.onnx_opset_version()}, batches >= 1, with 'auto', 'dynamo' or 'torchscript'")
+    chosen = "torchscript" if exporter == "torchscript" or (exporter == "auto" and opset < 18) else "dynamo"
+    import torch
+
+    start, was_training = time.perf_counter(), model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        x = torch.randn(max(batch, 2) if dynamic_batch else batch, *model.graph.input.shape,  # 2: no 0/1 specialising
+                        generator=torch.Generator().manual_seed(0)).to(param.device if param is not None else "cpu")
+        # torch.onnx logs a warning per torchvision op it cannot register; torchvision is not ours to need
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # the exporters warn about their own internals
+            proto = _tidy((_dynamo if chosen == "dynamo" else _torchscript)(model, x, opset, dynamic_batch), opset)
+    finally:
+        model.train(was_training)
+    from .onnx_names import name_layers
+
+    tensors = name_layers(proto, model.graph, chosen)
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*proto.graph.input, *proto.graph.output)]
+    if len(dims) != 2 or [d[0] for d in dims] != [BATCH if dynamic_batch else batch] * 2:
+        raise VerificationError(f"the {chosen} exporter wrote input/output shapes {dims}, not one input and one "
+                                f"output with batch axis {BATCH if dynamic_batch else batch!r}; try the other exporter")
+    proto.metadata_props.add(key=TENSORS_KEY, value=json.dumps(tensors))
+    save(proto, Path(path))
+    return ExportInfo(str(path), opset, chosen, INPUT, OUTPUT, tuple(dims[0]), tuple(dims[1]), tensors,
+                      time.perf_counter() - start)
+
+
+def _dynamo(model: Any, x: Any, opset: int, dynamic: bool) -> onnx.ModelProto:
+    import torch
+
+    # Built at >= 18 and converted in _tidy: asked for 17, the exporter's converter meets ReduceMean's
+    # not-yet-folded axes, logs a traceback and silently keeps opset 18.
+    prog = torch.onnx.export(model, (x,), input_names=[INPUT], output_names=[OUTPUT], opset_version=max(opset, 18),
+                             dynamo=True, optimize=False, verbose=False,
+                             dynamic_shapes=({0: torch.export.Dim(BATCH)},) if dynamic else None)
+    assert prog is not None
+    return cast("onnx.ModelProto", need("onnxscript.ir").serde.serialize_model(prog.model))
+
+
+def _torchscript(model: Any, x: Any, opset: int, dynamic: bool) -> onnx.ModelProto:
+    import torch
+
+    buf = io.BytesIO()
+    torch.onnx.export(model, (x,), cast(Any, buf), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
+                      dynamo=False, training=torch.onnx.TrainingMode.PRESERVE,  # model in eval: EVAL would fold BN
+                      dynamic_axes={INPUT: {0: BATCH}, OUTPUT: {0: BATCH}} if dynamic else None)
+    return cast("onnx.ModelProto", need("onnx").load_model_from_string(buf.getvalue()))
+
+
+def _tidy(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Fold constants, drop all-zero conv biases, make Reshape shapes static, convert to ``opset``."""
+    optimizer, rewriter = need("onnxscript.optimizer"), need("onnxscript.rewriter")
+    from onnxscript.rewriter.rules import common as rules
+
+    # in place; ConstantOfShape is kept by default, which would leave TorchScript's option-A Pad widths unfolded
+    optimizer.fold_constants(proto, should_fold=lambda n: True if n.op_type == "ConstantOfShape" else None)
+    proto = rewriter.rewrite(proto, [rules.remove_optional_bias_from_conv_rule, rules.materialize_reshape_shape_rule])
+    if opset < next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")):
+        try:
+            proto = cast("onnx.ModelProto", need("onnx.version_converter").convert_version(proto, opset))
+        except Exception as e:
+            raise InputError(f"opset {opset}: onnx cannot convert this graph down to it ({str(e).splitlines()[0]}); "
+                             "use opset 18 or exporter='torchscript'") from None
+    return proto
+
+

@@ -1,0 +1,126 @@
+"""Running a TensorRT engine: the checks before loading one, and the runner.
+
+:func:`check_engine_compatible` refuses, from the manifest alone, an engine this TensorRT or GPU cannot
+run; :class:`TrtRunner` deserializes an engine and runs it with the tensor-address execution API
+(``execute_async_v3``) on CUDA buffers owned by torch. The TensorRT names used here are listed in
+:data:`resdsl.backends.trt_build.TRT_API` with the build's, and checked against the real bindings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .trt_build import INPUT, OUTPUT, TrtEnvironment, _import_trt, _make_logger, _require_gpu, _said
+
+# Version-compatible engines run on newer runtimes of the same major version, plus these documented pairs.
+_CROSS_MAJOR = {(8, 10), (10, 11)}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:4])
+
+
+def check_engine_compatible(manifest_trt: dict[str, Any], env: TrtEnvironment) -> None:
+    """Refuse, before deserializing, an engine this TensorRT and GPU cannot run.
+
+    The compute capability must match (engines are built without hardware compatibility, so they are tied
+    to the GPU architecture; another GPU of the same capability runs them, maybe at another speed). The
+    TensorRT version must match exactly, unless the engine was built version-compatible: then any newer
+    runtime of the same major version, or of the next major where NVIDIA documents it (10 -> 11), is
+    accepted, and an older runtime never is.
+    """
+    missing = [k for k in ("trt_version", "compute_capability") if not manifest_trt.get(k)]
+    if missing:
+        raise InputError(f"the manifest's TensorRT section lacks {', '.join(missing)}, so the engine cannot be "
+                         "checked before loading it; rebuild it with `resdsl compile SPEC --target trt`.")
+    built, cc = str(manifest_trt["trt_version"]), str(manifest_trt["compute_capability"])
+    gpu = manifest_trt.get("gpu", "an unrecorded GPU")
+    if cc != env.compute_capability:
+        raise InputError(f"the engine was built for compute capability {cc} ({gpu}) but this GPU, {env.gpu_name}, "
+                         f"is {env.compute_capability}; TensorRT engines are tied to the GPU architecture, so "
+                         "rebuild it on this machine with `resdsl compile SPEC --target trt`.")
+    if built == env.trt_version:
+        return
+    if not manifest_trt.get("options", {}).get("version_compatible", False):
+        raise InputError(f"the engine was built with TensorRT {built} but TensorRT {env.trt_version} is installed; "
+                         f"engines only load in the TensorRT version that built them, so rebuild it here, install "
+                         f"TensorRT {built}, or build with --version-compatible.")
+    b, r = _version(built), _version(env.trt_version)
+    if not b or not r or r < b or (b[0] != r[0] and (b[0], r[0]) not in _CROSS_MAJOR):
+        raise InputError(f"the version-compatible engine was built with TensorRT {built}, which TensorRT "
+                         f"{env.trt_version} cannot load (only newer runtimes of the same major version, or "
+                         f"10 -> 11, can); rebuild it with `resdsl compile SPEC --target trt`.")
+
+
+class TrtRunner:
+    """Deserialize an engine and run it on CUDA buffers owned by torch, on a torch CUDA stream.
+
+    Deserializing an engine runs code from it, so only load engines you trust: ``sha256`` (from the
+    manifest) is checked before deserializing, and ``allow_host_code`` (needed by version-compatible
+    engines, which embed TensorRT's lean runtime) is off unless asked.
+    """
+
+    def __init__(self, engine_path: str | Path, *, sha256: str | None = None, allow_host_code: bool = False) -> None:
+        import torch
+
+        trt = _import_trt()
+        _require_gpu()
+        path = Path(engine_path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such engine file; build it with `resdsl compile SPEC --target trt`.")
+        blob = path.read_bytes()
+        if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
+            raise InputError(f"{path}: the engine's SHA-256 does not match the manifest; it changed after the build, "
+                             "so it is not loaded; rebuild it.")
+        self._logger = _make_logger(trt)
+        runtime = trt.Runtime(self._logger)
+        runtime.engine_host_code_allowed = allow_host_code
+        engine = runtime.deserialize_cuda_engine(blob)
+        if engine is None:
+            raise InputError(f"{path}: TensorRT could not load this engine{_said(self._logger)}; it may come from "
+                             "another TensorRT version or GPU (rebuild it here), or be version-compatible "
+                             "(load it with allow_host_code=True if you trust it).")
+        self._runtime, self._engine = runtime, engine
+        self._context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+                  trt.DataType.BF16: torch.bfloat16}
+        io = [dtypes.get(engine.get_tensor_dtype(n)) for n in names]
+        if inputs != [INPUT] or sorted(names) != sorted([INPUT, OUTPUT]) or None in io:
+            raise InputError(f"{path}: expected an fp32/fp16/bf16 input '{INPUT}' and output '{OUTPUT}', found "
+                             f"{names}; rebuild the engine with resdsl.")
+        self._in_dtype, self._out_dtype = (dtypes[engine.get_tensor_dtype(n)] for n in (INPUT, OUTPUT))
+        lo, _, hi = (tuple(d) for d in engine.get_tensor_profile_shape(INPUT, 0))
+        self.chw, self.batch_range = lo[1:], (lo[0], hi[0])
+        self._stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+
+    def __call__(self, x: np.ndarray | Any) -> np.ndarray:
+        """Run a batch ``[N, C, H, W]``; returns the logits ``[N, classes]`` as float32."""
+        import torch
+
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        lo, hi = self.batch_range
+        if t.dim() != 4 or tuple(t.shape[1:]) != self.chw or not lo <= t.shape[0] <= hi:
+            raise InputError(f"the engine takes [N, {', '.join(map(str, self.chw))}] with N in {lo}..{hi}, got "
+                             f"{list(t.shape)}; rebuild it with a wider --batch if needed.")
+        context = self._context
+        self._stream.wait_stream(torch.cuda.current_stream())  # x may come from work on the caller's stream
+        with torch.cuda.stream(self._stream):
+            xin = t.to(device="cuda", dtype=self._in_dtype).contiguous()
+            if not context.set_input_shape(INPUT, tuple(xin.shape)):
+                raise InputError(f"TensorRT rejected the input shape {list(xin.shape)}{_said(self._logger)}.")
+            out = torch.empty(tuple(context.get_tensor_shape(OUTPUT)), dtype=self._out_dtype, device="cuda")
+            context.set_tensor_address(INPUT, xin.data_ptr())
+            context.set_tensor_address(OUTPUT, out.data_ptr())
+            ok = context.execute_async_v3(self._stream.cuda_stream)
+        self._stream.synchronize()
+        if not ok:
+            raise RuntimeError(f"TensorRT failed to run the engine{_said(self._logger)}")
+        return out.float().cpu().numpy()

@@ -1,0 +1,181 @@
+"""Typed options of ``compile`` (and the limits ``verify`` and ``train`` share), parsed once at the edge.
+
+Every option is validated here, when the dataclass is made, so the CLI and the Python API refuse the same
+values with the same message. A message names an option by a ``{field}`` placeholder
+(:class:`~resdsl.errors.OptionError`): the Python API shows ``CompileOptions.force``, the CLI ``--force``.
+The defaults live here and nowhere else. No torch import: ``resdsl flops`` and the spec layer stay light.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import API_NAMES, OptionError
+
+PRECISIONS = ("fp32", "fp16")
+#: The default size limits admit every network in the papers with room to spare (the largest,
+#: wide_resnet101_2, has 0.13e9 parameters and 22.8 GMACs).
+DEFAULT_MAX_PARAMS = 2_000_000_000  # 8 GB of float32 weights
+DEFAULT_MAX_GMACS = 2_000.0         # 2 TMACs for one image
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """The batch sizes an artefact serves: ``min <= opt <= max``, all >= 1 (TensorRT's optimisation profile)."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        vals = (self.min, self.opt, self.max)
+        if not all(_int(v) and v >= 1 for v in vals):
+            raise OptionError(f"{{batch}}: batch sizes must be integers >= 1, got {vals}; give N or MIN:OPT:MAX, "
+                              "e.g. 8 or 1:8:32")
+        if not self.min <= self.opt <= self.max:
+            raise OptionError(f"{{batch}} {self}: out of order; it needs MIN <= OPT <= MAX, e.g. 1:8:32")
+
+    @classmethod
+    def parse(cls, text: str) -> BatchProfile:
+        """``N`` (meaning ``N:N:N``) or ``MIN:OPT:MAX``."""
+        parts = str(text).strip().split(":")
+        if len(parts) not in (1, 3) or not all(re.fullmatch(r"\s*[0-9]+\s*", p) for p in parts):
+            raise OptionError(f"{{batch}} {text!r}: not a batch size; give N (one fixed batch size) or MIN:OPT:MAX "
+                              "with positive integers, e.g. 8 or 1:8:32")
+        nums = [int(p) for p in parts]
+        return cls(*(nums * 3 if len(nums) == 1 else nums))
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the batch axis is symbolic (MIN < MAX)."""
+        return self.min != self.max
+
+    def __str__(self) -> str:
+        return f"{self.min}:{self.opt}:{self.max}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits checked on the analytic counts, before any tensor is allocated (see :mod:`resdsl.limits`)."""
+
+    max_params: int = DEFAULT_MAX_PARAMS
+    max_gmacs: float = DEFAULT_MAX_GMACS
+
+    def __post_init__(self) -> None:
+        if not _int(self.max_params) or self.max_params < 1:
+            raise OptionError(f"{{max_params}} {self.max_params!r}: give a whole number of parameters >= 1")
+        if isinstance(self.max_gmacs, bool) or not isinstance(self.max_gmacs, (int, float)) or not self.max_gmacs > 0:
+            raise OptionError(f"{{max_gmacs}} {self.max_gmacs!r}: give a number of GMACs > 0")
+
+
+@dataclass(frozen=True)
+class TrtOptions:
+    """How TensorRT builds the engine (the ``trt`` target only)."""
+
+    workspace_mib: int = 4096          # builder workspace limit
+    opt_level: int = 3                 # builder optimisation level 0..5; TensorRT's default is 3
+    timing_cache: Path | None = None   # a directory of timing caches, shared across builds
+    tf32: bool = False                 # allow TF32 in fp32 engines (TensorRT's default is on; fp32 means fp32 here)
+    version_compatible: bool = False   # build an engine that newer TensorRT runtimes can load
+
+    def __post_init__(self) -> None:
+        if not _int(self.workspace_mib) or self.workspace_mib < 1:
+            raise OptionError(f"{{workspace_mib}} {self.workspace_mib!r}: the TensorRT workspace must be a whole "
+                              "number of MiB >= 1, e.g. 4096")
+        if not _int(self.opt_level) or not 0 <= self.opt_level <= 5:
+            raise OptionError(f"{{opt_level}} {self.opt_level!r}: the TensorRT builder optimisation level is an "
+                              "integer from 0 (fastest build) to 5 (slowest build, fastest engine); the default is 3")
+        if self.timing_cache is not None:
+            object.__setattr__(self, "timing_cache", Path(self.timing_cache))
+            if self.timing_cache.exists() and not self.timing_cache.is_dir():
+                raise OptionError(f"{{timing_cache}} {self.timing_cache}: is a file; it names a directory that holds "
+                                  "one timing cache per TensorRT version, GPU and precision")
+
+
+@dataclass(frozen=True)
+class AotiOptions:
+    """How AOTInductor compiles the package (the ``aoti`` target only)."""
+
+    device: str | None = None  # "cpu" or "cuda"; None: cuda when torch sees a GPU, else cpu
+
+    def __post_init__(self) -> None:
+        if self.device not in (None, "cpu", "cuda"):
+            raise OptionError(f"{{device}} {self.device!r}: the aoti target compiles for cpu or cuda")
+
+
+DEFAULT_LIMITS = Limits()
+
+#: Option groups that belong to one target each; giving one to another target is refused.
+TARGET_GROUPS = {"trt": "trt", "aoti": "aoti"}
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything ``compile`` takes besides the spec. ``batch`` may be given as text (``"1:8:32"``)."""
+
+    target: str = "onnx"
+    out: Path | None = None                # artefact directory; None: build/NAME
+    weights: Path | None = None            # a resdsl checkpoint or a state_dict; None: random He init from seed
+    precision: str = "fp32"                # computation inside the artefact
+    io: str = "fp32"                       # dtype of the input and the logits
+    batch: BatchProfile = field(default_factory=lambda: BatchProfile(1, 1, 32))
+    opset: int = 18
+    force: bool = False                    # replace an existing output directory
+    seed: int = 0                          # random init without weights, and the verification inputs
+    verify_batches: tuple[int, ...] = ()   # batch sizes to verify at; (): see resdsl.verify.batches
+    limits: Limits = field(default_factory=Limits)
+    trt: TrtOptions | None = None          # trt target only; None: the defaults
+    aoti: AotiOptions | None = None        # aoti target only; None: the defaults
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch, str):
+            object.__setattr__(self, "batch", BatchProfile.parse(self.batch))
+        for name in ("out", "weights"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if not isinstance(self.batch, BatchProfile):
+            raise OptionError(f"{{batch}} {self.batch!r}: give a BatchProfile or text N / MIN:OPT:MAX")
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"{{precision}} {self.precision!r}: choose fp32 or fp16")
+        if self.io not in PRECISIONS or (self.io == "fp16" and self.precision != "fp16"):
+            raise OptionError(f"{{io}} {self.io!r}: fp16 inputs and outputs need {{precision}} fp16; "
+                              "the default is fp32")
+        if not _int(self.opset) or self.opset < 17:
+            raise OptionError(f"{{opset}} {self.opset!r}: resdsl exports ONNX opset 17 or newer")
+        if not _int(self.seed):
+            raise OptionError(f"{{seed}} {self.seed!r}: give an integer")
+        if not all(_int(b) and b >= 1 for b in self.verify_batches):
+            raise OptionError(f"{{verify_batches}} {self.verify_batches!r}: give batch sizes >= 1, like 1,3,8")
+        for group, owner in TARGET_GROUPS.items():
+            if getattr(self, group) is not None and self.target != owner:
+                given = [f.name for f in fields(getattr(self, group))
+                         if getattr(getattr(self, group), f.name) != f.default]
+                names = ", ".join(f"{{{n}}}" for n in given) or f"the {group} options"
+                raise OptionError(f"{names}: only the {owner} target takes these, and {{target}} is "
+                                  f"{self.target!r}; drop them or compile with {{target}} {owner}")
+
+    @property
+    def trt_options(self) -> TrtOptions:
+        """The TensorRT options in force (the defaults when none were given)."""
+        return self.trt or TrtOptions()
+
+    @property
+    def aoti_options(self) -> AotiOptions:
+        """The AOTInductor options in force (the defaults when none were given)."""
+        return self.aoti or AotiOptions()
+
+
+#: How the Python API names each option in messages; the CLI has its own table of flags.
+API_NAMES.update({
+    **{f.name: f"CompileOptions.{f.name}" for f in fields(CompileOptions)},
+    **{f.name: f"Limits.{f.name}" for f in fields(Limits)},
+    **{f.name: f"TrtOptions.{f.name}" for f in fields(TrtOptions)},
+    **{f.name: f"AotiOptions.{f.name}" for f in fields(AotiOptions)},
+})
