@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -230,7 +230,15 @@ def test_output_path_that_is_a_file_or_under_a_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args,message", [(["--batch", "8:4:2"], "MIN <= OPT <= MAX"),
                                           (["--batch", "x"], "give N (one fixed batch size) or MIN:OPT:MAX"),
                                           (["--io", "fp16"], "need --precision fp16"),
-                                          (["--opset", "11"], "opset 17 or newer")])
+                                          (["--opset", "11"], "opset 17 or newer"),
+                                          (["--workspace", "100"], "--target is 'onnx'; drop them"),
+                                          (["--target", "torch", "--workspace", "100"],
+                                           "--workspace: only the trt target takes these, and --target is 'torch'"),
+                                          (["--target", "trt", "--workspace", "0"],
+                                           "--workspace 0: the TensorRT workspace must be a whole number of MiB"),
+                                          (["--device", "cpu"], "--device: only the aoti target takes these"),
+                                          (["--target", "torch", "--precision", "fp16"],
+                                           "--precision fp16: the torch target writes fp32 only")])
 def test_bad_options(args: list[str], message: str, tmp_path: Path) -> None:
     r = cli("compile", str(CIFAR), "-o", str(tmp_path / "o"), *args)
     assert r.returncode == 2 and message in r.stderr and not (tmp_path / "o").exists()
@@ -261,3 +269,63 @@ def test_unwritable_or_full_disk_is_a_clean_error(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(InputError, match=message):
         compile_spec(CIFAR, CompileOptions(target="torch", out=tmp_path / "o"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_python_api_errors_name_the_option_fields(tmp_path: Path) -> None:
+    """The same refusal names CompileOptions' fields in Python and the flags on the command line."""
+    from resdsl.options import TrtOptions
+
+    with pytest.raises(InputError, match=r"TrtOptions.workspace_mib: only the trt target takes these, and "
+                                         r"CompileOptions.target is 'torch'"):
+        CompileOptions(target="torch", trt=TrtOptions(workspace_mib=100))
+    with pytest.raises(InputError, match=r"TrtOptions.workspace_mib 0: the TensorRT workspace"):
+        TrtOptions(workspace_mib=0)
+    out = tmp_path / "o"
+    out.mkdir()
+    with pytest.raises(InputError, match=r"already exists; pass CompileOptions.force to replace it"):
+        compile_spec(CIFAR, CompileOptions(target="torch", out=out))
+
+
+def test_limits_are_checked_once_with_the_callers_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raising a limit must raise it: nothing downstream re-checks with the defaults."""
+    import resdsl.limits
+    from resdsl.options import Limits
+
+    calls: list[Limits] = []
+    real = resdsl.limits.check
+    monkeypatch.setattr(resdsl.limits, "check", lambda r, s, lim: (calls.append(lim), real(r, s, lim))[1])
+    import resdsl.pipeline
+    import resdsl.verify
+
+    monkeypatch.setattr(resdsl.pipeline, "check", resdsl.limits.check)
+    mine = Limits(max_params=300_000, max_gmacs=0.05)  # resnet20: 269,722 parameters, 0.0406 GMACs
+    compile_spec(CIFAR, CompileOptions(target="torch", out=tmp_path / "a", limits=mine))
+    assert calls == [mine]
+    calls.clear()
+    resdsl.verify.verify_artefact(tmp_path / "a", limits=mine)
+    assert calls == [mine]
+    with pytest.raises(InputError, match=r"269,722 parameters.*limit of 200,000; shrink the spec or raise "
+                                         r"Limits.max_params"):
+        compile_spec(CIFAR, CompileOptions(target="torch", out=tmp_path / "b", limits=Limits(max_params=200_000)))
+
+
+def test_fp16_conversion_refusal_is_a_clean_error(tmp_path: Path) -> None:
+    """Weights beyond float16's range: the fp16 pass refuses, exit 2 naming the file, nothing written."""
+    state = build(CIFAR).state_dict()
+    state["fc.bias"][0] = 1e6
+    torch.save(state, tmp_path / "big.pt")
+    r = cli("compile", str(CIFAR), "--target", "onnx", "--precision", "fp16", "--weights", str(tmp_path / "big.pt"),
+            "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "cannot be converted to float16" in r.stderr and "--precision fp32" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_progress_lines_in_a_pipe_and_none_with_quiet(tmp_path: Path) -> None:
+    """stderr is not a terminal here: one line per step all the same, and nothing with -q."""
+    r = cli("compile", str(CIFAR), "--target", "torch", "-o", str(tmp_path / "a"))
+    steps = [line for line in r.stderr.splitlines() if line.startswith("resdsl: ") and " ..." in line]
+    assert r.returncode == 0 and [s.split(" ...")[0] for s in steps] == [
+        "resdsl: building the PyTorch module", "resdsl: saving model.pt",
+        "resdsl: verifying torch against the module at batch 1, 3"]
+    q = cli("compile", str(CIFAR), "--target", "torch", "-o", str(tmp_path / "b"), "-q")
+    assert q.returncode == 0 and q.stderr == ""

@@ -158,9 +158,9 @@ def write(stage: Path, model: Any, spec: Any, options: CompileOptions, progress:
     what = f"batch {b.min}..{b.max}" if b.dynamic else f"batch {b.min}"
     with progress.step(f"exporting with torch.export ({what}, {options.precision}, {device})"):
         program = export(module, (spec.in_channels, *spec.in_size), (b.min, b.opt, b.max), io_dtype, device)
-    with progress.step(f"compiling with AOTInductor for {device} (a minute or more: Inductor runs a C++ build)"):
-        with _without_torch_internal_warnings():
-            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    step = f"compiling with AOTInductor for {device} (a minute or more: Inductor runs a C++ build)"
+    with progress.step(step), _without_torch_internal_warnings():
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     del module, program
     if device == "cuda":
         torch.cuda.empty_cache()

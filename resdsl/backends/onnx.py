@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from .base import Plan, Written
 from .onnx_export import ExportInfo, export
 from .onnx_file import DIGEST_KEY, INPUT, OUTPUT, PathLike, load_model, need, read_checked, save, tensor_map
@@ -95,7 +95,11 @@ def convert_fp16(src_path: PathLike, dst_path: PathLike, *, keep_io_fp32: bool =
     """
     from ..passes.fp16 import to_float16
 
-    half = to_float16(load_model(src_path), keep_io_fp32=keep_io_fp32)
+    try:
+        half = to_float16(load_model(src_path), keep_io_fp32=keep_io_fp32)
+    except ValueError as e:  # the pass's pre-conditions: e.g. weights beyond float16's range
+        raise OptionError(f"{src_path}: cannot be converted to float16 ({e}); these weights need {{precision}} "
+                          "fp32") from None
     half.metadata_props.add(key="resdsl.precision", value="fp16, fp32 io" if keep_io_fp32 else "fp16")
     save(half, Path(dst_path))
 
