@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from ..atomic import apply_umask
 from ..errors import BackendUnavailable, InputError
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def save(proto: onnx.ModelProto, path: Path) -> None:
             f.write(stamp.SerializeToString())
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        apply_umask(Path(tmp))
         ox.checker.check_model(tmp, full_check=True)
         os.replace(tmp, path)
     except BaseException as e:
