@@ -29,8 +29,9 @@ demo: $(VENV)/.installed
 	$(BIN)/resdsl compile $(SPEC) --target onnx -o build/demo --force
 	$(BIN)/resdsl verify build/demo
 
-# The suite on both cores (pytest-xdist). Tests marked slow (ResNet-1202/1001 through ONNX, inductor)
-# run with `make test-all`.
+# The suite on both cores (pytest-xdist). Tests marked slow run with `make test-all` only: ResNet-1202/1001
+# through ONNX, the full-size ONNX sweep of the specs whose configuration a smaller spec checks in `make test`
+# (tests/test_onnx_target.py: COVERED_BY), fp16 ONNX on ResNet-56.
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 

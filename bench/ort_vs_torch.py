@@ -14,14 +14,18 @@
 2. Whole-process time of ``resdsl compile specs/resnet152.yaml --target onnx``
    (build, export, check, verify, manifest) against a process that builds the
    same module and calls ``torch.onnx.export`` bare. Goal: at most 1.5x.
+   The same runs give each process's peak resident memory (the child's own
+   ``ru_maxrss``, from ``os.wait4``: kernel high-water mark, not sampled).
+   Goal: at most 1.5x too.
 
-Run: ``python bench/ort_vs_torch.py [--threads 2] [--rounds 5] [--repeat 20] [--skip-compile]``.
+Run: ``python bench/ort_vs_torch.py [--threads 2] [--rounds 5] [--repeat 20] [--skip-compile] [--skip-runtime]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -104,23 +108,38 @@ def runtime_ratio(threads: int, repeat: int, rounds: int, tmp: Path) -> None:
               f"ratio {t_ort / t_eager:.2f}x (rounds {min(per_round):.2f}..{max(per_round):.2f}){goal}")
 
 
+def measured(cmd: list[str]) -> tuple[float, int]:
+    """Run ``cmd`` in its own process; return its wall time (s) and peak resident memory (KiB, Linux's unit).
+
+    ``os.wait4`` returns the rusage of that one child, so its ``ru_maxrss`` is the child's own high-water mark;
+    ``RUSAGE_CHILDREN`` would give the largest of all the children waited for so far.
+    """
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return elapsed, usage.ru_maxrss
+
+
 def compile_ratio(tmp: Path, repeat: int) -> None:
     spec = "specs/resnet152.yaml"
-
-    def timed(cmd: list[str]) -> float:
-        t = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        return time.perf_counter() - t
-
     ours, bare = [], []
     for _ in range(repeat):  # alternating, so drift of a shared machine falls on both
-        ours.append(timed([sys.executable, "cli.py", "compile", spec, "--target", "onnx", "-o", str(tmp / "c152"),
-                           "--force"]))
-        bare.append(timed([sys.executable, "-c", BARE_EXPORT, spec, str(tmp / "bare.onnx")]))
-    o, b = statistics.median(ours), statistics.median(bare)
+        ours.append(measured([sys.executable, "cli.py", "compile", spec, "--target", "onnx", "-o", str(tmp / "c152"),
+                              "--force"]))
+        bare.append(measured([sys.executable, "-c", BARE_EXPORT, spec, str(tmp / "bare.onnx")]))
+    o, b = statistics.median(t for t, _ in ours), statistics.median(t for t, _ in bare)
     print(f"resnet152: resdsl compile --target onnx {o:.1f} s (export, check, verify at 2 batch sizes, manifest); "
           f"bare torch.onnx.export {b:.1f} s; ratio {o / b:.2f}x (goal <= 1.5x: {'met' if o / b <= 1.5 else 'NOT met'})"
           f"; whole processes, median of {repeat}")
+    mo, mb = statistics.median(m for _, m in ours), statistics.median(m for _, m in bare)
+    runs = ", ".join(f"{m / 1024:.0f}/{n / 1024:.0f}" for (_, m), (_, n) in zip(ours, bare, strict=True))
+    print(f"resnet152: peak RSS, resdsl compile {mo / 1024:.0f} MiB, bare torch.onnx.export {mb / 1024:.0f} MiB; "
+          f"ratio {mo / mb:.2f}x (goal <= 1.5x: {'met' if mo / mb <= 1.5 else 'NOT met'}); each process's own "
+          f"ru_maxrss, median of {repeat} (runs, compile/bare MiB: {runs})")
 
 
 def main() -> None:
@@ -132,13 +151,15 @@ def main() -> None:
                     help=argparse.SUPPRESS)
     ap.add_argument("--compile-repeat", type=int, default=3)
     ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--skip-runtime", action="store_true", help="only the compile-vs-export part")
     a = ap.parse_args()
     if a.worker:
         which, artefact, b, t, r = a.worker
         worker(which, artefact, int(b), int(t), int(r))
         return
     with tempfile.TemporaryDirectory() as d:
-        runtime_ratio(a.threads, a.repeat, a.rounds, Path(d))
+        if not a.skip_runtime:
+            runtime_ratio(a.threads, a.repeat, a.rounds, Path(d))
         if not a.skip_compile:
             compile_ratio(Path(d), a.compile_repeat)
 

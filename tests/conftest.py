@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,3 +42,20 @@ def in_root(monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run with the repository root as working directory (messages show paths relative to it)."""
     monkeypatch.chdir(ROOT)
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def onnx_artefact(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], tuple[Path, Any]]:
+    """``onnx_artefact(spec)``: ``spec`` compiled to ONNX with the default options, once per session (per worker
+    under xdist), as ``(directory, manifest)``. Tests that damage it work on a copy (``shutil.copytree``)."""
+    compiled: dict[Path, tuple[Path, Any]] = {}
+
+    def get(spec: Path) -> tuple[Path, Any]:
+        if spec not in compiled:
+            from resdsl.pipeline import CompileOptions, compile_spec
+
+            out = tmp_path_factory.mktemp("onnx") / spec.stem
+            compiled[spec] = compile_spec(spec, CompileOptions(target="onnx", out=out))
+        return compiled[spec]
+
+    return get

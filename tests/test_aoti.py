@@ -18,6 +18,7 @@ import torch
 from resdsl import InputError, build
 from resdsl.backends import aoti
 from resdsl.errors import BackendUnavailable
+from resdsl.manifest import read as read_manifest
 from resdsl.options import AotiOptions
 from resdsl.pipeline import CompileOptions, compile_spec
 from resdsl.runtime import load as load_artefact
@@ -89,8 +90,9 @@ def test_refuses_other_torch_version_and_missing_gpu_before_loading(
         load_artefact(old)
     assert "nothing was loaded" in str(e.value)
     # Another build of the same release (CPU vs CUDA wheel) shares the AOTI runtime and is accepted.
-    assert aoti.check_compatible({"aoti": {"device": "cpu", "torch": torch.__version__.split("+")[0] + "+cu999"}},
-                                 out / "model.pt2") == "cpu"
+    other_build = read_manifest(out).with_(sections={"aoti": {"device": "cpu",
+                                                              "torch": torch.__version__.split("+")[0] + "+cu999"}})
+    assert aoti.check_compatible(other_build, out / "model.pt2") == "cpu"
     with pytest.raises(InputError, match="lacks the device or torch version"):
         load_artefact(_tampered(out, tmp_path / "bare", torch=""))
     if not torch.cuda.is_available():
