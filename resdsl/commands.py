@@ -98,10 +98,15 @@ def dispatch(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         return 0
 
 
-def _common(p: Any) -> None:
+def add_limit_flags(p: Any) -> None:
+    """``--max-params`` / ``--max-gmacs``, read back by :func:`limits` (compile, verify and train take them)."""
     p.add_argument("--max-params", type=int, metavar="N", help="refuse networks with more parameters (default 2e9)")
     p.add_argument("--max-gmacs", type=float, metavar="X", help="refuse networks needing more GMACs per image "
                    "(default 2000)")
+
+
+def _common(p: Any) -> None:
+    add_limit_flags(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print no progress lines")
 
 

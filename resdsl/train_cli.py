@@ -150,9 +150,9 @@ def add_train_commands(sub: Any) -> None:
     t.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
                    help="under torchrun, BatchNorm statistics per process instead of over the global batch")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
-    t.add_argument("--max-params", type=int, metavar="N", help="refuse networks with more parameters (default 2e9)")
-    t.add_argument("--max-gmacs", type=float, metavar="X", help="refuse networks needing more GMACs per image "
-                   "(default 2000)")
+    from .commands import add_limit_flags
+
+    add_limit_flags(t)
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("plot", help="PNG of training curves (paper's Figure 6 style), runs overlaid")
