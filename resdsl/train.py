@@ -24,7 +24,6 @@ the result depends on W). Only rank 0 writes.
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import os
@@ -40,6 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed, metrics
 from .atomic import write_bytes_atomic
 from .data import Dataset, Sampler, augment, load_dataset, stream_generator
 from .errors import InputError, ResdslError
@@ -48,7 +48,6 @@ from .progress import Progress
 from .spec import Spec, load
 
 FORMAT = "resdsl.checkpoint/1"
-CSV_FIELDS = ("iteration", "epoch", "loss", "train_error", "test_error", "lr", "images_per_s")
 
 
 class Interrupted(ResdslError):
@@ -105,49 +104,6 @@ def lr_at(rec: dict[str, Any], i: int) -> float:
     return float(base * s["gamma"] ** sum(1 for m in s["milestones"] if i >= m))
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes; the gradient of a sum is the sum of the gradients."""
-
-    @staticmethod
-    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
-        t = t.clone()
-        dist.all_reduce(t)
-        return t
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        g = g.clone()
-        dist.all_reduce(g)
-        return g
-
-
-class GlooSyncBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d with statistics over every process's batch (two differentiable all-reduces); works on CPU.
-
-    torch's SyncBatchNorm runs on GPUs only. Two passes (mean, then the squared deviations) keep the statistics as
-    accurate as ``F.batch_norm``'s; running statistics update as in BatchNorm2d, with the global count.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return super().forward(x)
-        local = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
-        s = _AllReduceSum.apply(torch.cat([x.sum((0, 2, 3)), local]))  # type: ignore[no-untyped-call]
-        n = s[-1].detach()
-        mean = s[:-1] / n
-        d = x - mean[None, :, None, None]
-        var = _AllReduceSum.apply((d * d).sum((0, 2, 3))) / n  # type: ignore[no-untyped-call]
-        with torch.no_grad():
-            assert self.running_mean is not None and self.running_var is not None
-            m = 0.1 if self.momentum is None else self.momentum
-            self.running_mean.mul_(1 - m).add_(mean, alpha=m)
-            self.running_var.mul_(1 - m).add_(var * n / (n - 1), alpha=m)
-            self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
-        scale = (torch.rsqrt(var + self.eps) * self.weight)[None, :, None, None]
-        out: torch.Tensor = d * scale + self.bias[None, :, None, None]
-        return out
-
-
 def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD update; returns the (detached) mean loss and the number of misclassified images."""
@@ -173,40 +129,6 @@ def evaluate(model: nn.Module, ds: Dataset, mean: torch.Tensor, rank: int = 0, w
     if world > 1:
         dist.all_reduce(counts)
     return 100.0 * counts[0].item() / max(1, counts[1].item())
-
-
-def _setup_dist(device: str) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is visible to this PyTorch; use --device cpu")
-    dev = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return (dist.get_rank(), world, dev) if world > 1 else (0, 1, dev)
-
-
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    write_bytes_atomic(path, buf.getvalue())
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    write_bytes_atomic(path, buf.getvalue().encode())
-
-
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """Rows of a ``metrics.csv`` as floats (empty fields dropped)."""
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
 
 
 def _read_checkpoint(path: Path, spec: Spec, rec: dict[str, Any], o: TrainOptions) -> dict[str, Any]:
@@ -245,154 +167,181 @@ def train(o: TrainOptions) -> dict[str, Any]:
     rec = recipe(spec, o)
     if rec["batch"] < 1 or rec["iterations"] < 1:
         raise InputError("--batch and --iterations must be at least 1")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = distributed.world_size()
     if rec["batch"] % world:
         raise InputError(f"batch {rec['batch']} does not divide over {world} processes; choose a batch that is a "
                          f"multiple of {world} (each process takes batch / {world} images)")
-    rank, world, dev = _setup_dist(o.device)
+    rank, world, dev = distributed.setup(o.device)
     try:
-        return _run(o, spec, rec, rank, world, dev)
+        run = _Run(o, spec, rec, rank, world, dev)
+        run.loop()
+        return run.summary()
     finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        distributed.teardown(world)
 
 
-def _run(o: TrainOptions, spec: Spec, rec: dict[str, Any], rank: int, world: int, dev: torch.device) -> dict[str, Any]:
-    from .backends.torch import build
+class _Run:
+    """One training process: set up (and restore), then steps, with an evaluation, a log row and a checkpoint
+    every ``eval_every`` steps. Attributes are the run's whole state; :meth:`checkpoint` saves all of it."""
 
-    out = Path(o.out) if o.out is not None else Path("runs") / spec.name
-    ckpt_path, csv_path = out / "last.pt", out / "metrics.csv"
-    ck = _read_checkpoint(ckpt_path, spec, rec, o) if o.resume else None
-    if ck is None and ckpt_path.exists():
-        raise InputError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
-    batch, iters, seed = rec["batch"], rec["iterations"], rec["seed"]
-    ds = load_dataset(o.data, classes=spec.classes, size=spec.in_size, channels=spec.in_channels,
-                      workers=o.workers or min(8, os.cpu_count() or 1))
-    model = build(spec, seed=seed, limits=o.limits).to(dev)
-    net: nn.Module = model
-    if world > 1:
-        if o.sync_bn:
-            for m in model.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.__class__ = nn.SyncBatchNorm if dev.type == "cuda" else GlooSyncBatchNorm  # type: ignore[assignment]
-                    setattr(m, "process_group", None)  # noqa: B010
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    oc = rec["optimizer"]
-    opt = torch.optim.SGD(model.parameters(), lr=oc["lr"], momentum=oc["momentum"],
-                          weight_decay=oc["weight_decay"], nesterov=oc["nesterov"])
-    plateau = rec["schedule"]["kind"] == "plateau"
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "min", factor=rec["schedule"]["gamma"],
-                                                       patience=rec["schedule"]["patience"]) if plateau else None
-    mean = ds.pixel_mean().to(dev)
-    train_x = ds.train_x.to(dev) if dev.type == "cuda" and ds.train_x.numel() < 4 << 30 else ds.train_x
-    sampler = Sampler(len(ds.train_x), batch, seed)
-    b, pad = batch // world, max(1, min(spec.in_size) // 8)
-    start, rows = 0, []
-    meter = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, wrong, seen (this process)
-    count = torch.tensor(float(b), dtype=torch.float64, device=dev)
-    elapsed = 0.0
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        start, elapsed = int(ck["iteration"]), float(ck["meter"]["elapsed"])
+    def __init__(self, o: TrainOptions, spec: Spec, rec: dict[str, Any], rank: int, world: int,
+                 dev: torch.device) -> None:
+        from .backends.torch import build
+
+        self.o, self.spec, self.rec, self.rank, self.world, self.dev = o, spec, rec, rank, world, dev
+        self.out = Path(o.out) if o.out is not None else Path("runs") / spec.name
+        self.ckpt_path, self.csv_path = self.out / "last.pt", self.out / "metrics.csv"
+        ck = _read_checkpoint(self.ckpt_path, spec, rec, o) if o.resume else None
+        if ck is None and self.ckpt_path.exists():
+            raise InputError(f"{self.ckpt_path} exists: pass --resume to continue that run, or choose another --out")
+        self.batch, self.iters, self.seed = rec["batch"], rec["iterations"], rec["seed"]
+        self.ds = load_dataset(o.data, classes=spec.classes, size=spec.in_size, channels=spec.in_channels,
+                               workers=o.workers or min(8, os.cpu_count() or 1))
+        self.model = build(spec, seed=self.seed, limits=o.limits).to(dev)
+        self.net = distributed.parallel(self.model, dev, world, o.sync_bn)
+        oc, sc = rec["optimizer"], rec["schedule"]
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=oc["lr"], momentum=oc["momentum"],
+                                   weight_decay=oc["weight_decay"], nesterov=oc["nesterov"])
+        self.plateau = sc["kind"] == "plateau"
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, "min", factor=sc["gamma"],
+                                                                patience=sc["patience"]) if self.plateau else None
+        self.mean = self.ds.pixel_mean().to(dev)
+        on_gpu = dev.type == "cuda" and self.ds.train_x.numel() < 4 << 30
+        self.train_x = self.ds.train_x.to(dev) if on_gpu else self.ds.train_x
+        self.sampler = Sampler(len(self.ds.train_x), self.batch, self.seed)
+        self.b, self.pad = self.batch // world, max(1, min(spec.in_size) // 8)
+        self.start = 0
+        self.rows: list[dict[str, Any]] = []
+        self.meter = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, wrong, seen (this process)
+        self.elapsed = 0.0
+        self.test_error: float | None = None  # this process's last evaluation
+        self.tick = time.perf_counter()
+        self.eval_every = o.eval_every or math.ceil(len(self.ds.train_x) / self.batch)
+        progress = Progress(quiet=o.progress is False)
+        self.show = rank == 0 and progress.enabled
+        self.live = self.show and progress.tty  # the per-second counter redraws its line in place: terminals only
+        if ck is not None:
+            self.restore(ck)
         if rank == 0:
-            meter += ck["meter"]["sums"].to(dev)
-        rows = [r for r in (_csv_rows(csv_path) if csv_path.is_file() else []) if int(r["iteration"]) <= start]
-    eval_every = o.eval_every or math.ceil(len(ds.train_x) / batch)
-    progress = Progress(quiet=o.progress is False)
-    show = rank == 0 and progress.enabled
-    live = show and progress.tty  # the per-second counter redraws its line in place: terminals only
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in [*out.glob(".last.pt.*"), *out.glob(".metrics.csv.*")]:  # temp files of a killed run
+            self._prepare_out(fresh=ck is None)
+
+    def restore(self, ck: dict[str, Any]) -> None:
+        """Continue from a checkpoint: weights, optimizer, scheduler, RNG, iteration, metric sums, log rows."""
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        if self.sched is not None:
+            self.sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        self.start, self.elapsed = int(ck["iteration"]), float(ck["meter"]["elapsed"])
+        if self.rank == 0:
+            self.meter += ck["meter"]["sums"].to(self.dev)
+        old = metrics.read(self.csv_path) if self.csv_path.is_file() else []
+        self.rows = [r for r in old if r["iteration"] <= self.start]
+
+    def _prepare_out(self, fresh: bool) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stale in [*self.out.glob(".last.pt.*"), *self.out.glob(".metrics.csv.*")]:  # temp files of a killed run
             stale.unlink(missing_ok=True)
-        if ck is None and iters < max(rec["schedule"]["milestones"] or [0]) and not plateau:
-            print(f"resdsl: note: {iters} iterations end before the milestones {rec['schedule']['milestones']}; "
+        milestones = self.rec["schedule"]["milestones"]
+        if fresh and self.iters < max(milestones or [0]) and not self.plateau:
+            print(f"resdsl: note: {self.iters} iterations end before the milestones {milestones}; "
                   "the learning rate never drops (rescale them with --milestones)", file=sys.stderr)
 
-    def checkpoint(i: int, test_error: float | None) -> None:
-        meta = {"format": FORMAT, "spec": spec.name, "spec_sha256": spec.digest(), "iteration": i,
-                "test_error": test_error, "classes": ds.classes, "data": str(o.data), "world_size": world,
-                "preprocess": "x / 255 - pixel_mean (per-pixel mean of the training set, [C, H, W])"}
-        rng = {"torch": torch.get_rng_state()}
-        _save(ckpt_path, {"resdsl": meta, "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else {},
-                          "iteration": i, "config": rec, "rng": rng, "pixel_mean": mean.cpu(),
-                          "meter": {"sums": meter.cpu(), "elapsed": elapsed}})
-
-    stop: list[int] = []
-    handlers = _install_handlers(stop) if world == 1 else {}
-    test_error, tick, last_show = None, time.perf_counter(), 0.0
-    try:
-        for i in range(start, iters):
-            if stop:
-                elapsed += time.perf_counter() - tick
-                checkpoint(i, test_error)
-                raise Interrupted(f"interrupted at iteration {i} of {iters}; saved {ckpt_path}. Continue with the "
-                                  "same command and --resume")
-            idx = sampler.indices(i)[rank * b:(rank + 1) * b]
-            g = stream_generator(seed, "augment", i)
-            oy, ox = torch.randint(0, 2 * pad + 1, (2, batch), generator=g)
-            flip = torch.randint(0, 2, (batch,), generator=g).bool()
-            part = slice(rank * b, (rank + 1) * b)
-            x = train_x[idx.to(train_x.device)].to(dev, non_blocking=True).float().div_(255).sub_(mean)
-            x = augment(x, pad, oy[part].to(dev), ox[part].to(dev), flip[part].to(dev))
-            y = ds.train_y[idx].to(dev, non_blocking=True)
-            lr = opt.param_groups[0]["lr"] if plateau else lr_at(rec, i)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss, wrong = train_step(net, opt, x, y)
-            meter += torch.stack([loss.double() * b, wrong.double(), count])
-            done = i + 1
-            if live and time.perf_counter() - last_show > 1:
-                last_show = time.perf_counter()
-                print(f"\rresdsl: iteration {done}/{iters}  loss {loss.item():.3f}  lr {lr:g}", end="",
-                      file=sys.stderr, flush=True)
-            if done % eval_every and done != iters:
-                continue
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            elapsed += time.perf_counter() - tick
-            sums = meter.clone()
-            if world > 1:
-                dist.all_reduce(sums)
-            if not math.isfinite(sums[0].item()):
-                raise InputError(f"training diverged by iteration {done} (the loss is {sums[0].item()}); lower the "
-                                 f"learning rate with --lr. {ckpt_path} keeps the last finite state")
-            test_error = evaluate(model, ds, mean, rank, world)
-            if sched is not None:
-                sched.step(test_error)
-            seen = max(1.0, sums[2].item())
-            rows.append({"iteration": done, "epoch": round(done * batch / len(ds.train_x), 4),
-                         "loss": round(sums[0].item() / seen, 6), "train_error": round(100 * sums[1].item() / seen, 4),
-                         "test_error": round(test_error, 4), "lr": float(f"{lr:.8g}"),
-                         "images_per_s": round(seen / max(elapsed, 1e-9), 2)})
-            meter.zero_()
-            elapsed = 0.0
-            if rank == 0:
-                _write_csv(csv_path, rows)
-                checkpoint(done, test_error)
-                if show:
-                    r, lead = rows[-1], "\r" if live else ""
-                    print(f"{lead}resdsl: iteration {done}/{iters}  loss {r['loss']:.3f}  "
-                          f"train {r['train_error']:.2f}%  {ds.test_name} {test_error:.2f}%  lr {lr:g}  "
-                          f"{r['images_per_s']:.0f} img/s",
+    def loop(self) -> None:
+        """Steps from ``start`` to the last iteration; SIGINT/SIGTERM save and stop between two steps."""
+        stop: list[int] = []
+        handlers = _install_handlers(stop) if self.world == 1 else {}
+        self.tick, last_show = time.perf_counter(), 0.0
+        try:
+            for i in range(self.start, self.iters):
+                if stop:
+                    self.elapsed += time.perf_counter() - self.tick
+                    self.checkpoint(i)
+                    raise Interrupted(f"interrupted at iteration {i} of {self.iters}; saved {self.ckpt_path}. "
+                                      "Continue with the same command and --resume")
+                lr, loss = self.step(i)
+                done = i + 1
+                if self.live and time.perf_counter() - last_show > 1:
+                    last_show = time.perf_counter()
+                    print(f"\rresdsl: iteration {done}/{self.iters}  loss {loss.item():.3f}  lr {lr:g}", end="",
                           file=sys.stderr, flush=True)
-            tick = time.perf_counter()
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    last = rows[-1] if rows else {}
-    return {"out": str(out), "checkpoint": str(ckpt_path), "metrics": str(csv_path), "iteration": max(start, iters),
-            "rank": rank, **{k: float(last[k]) for k in ("train_error", "test_error") if k in last}}
+                if done % self.eval_every == 0 or done == self.iters:
+                    self.evaluate_and_log(done, lr)
+                    self.tick = time.perf_counter()
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
 
+    def step(self, i: int) -> tuple[float, torch.Tensor]:
+        """Update ``i``: this process's share of the global batch, augmented from ``(seed, i)``."""
+        b, rank, dev = self.b, self.rank, self.dev
+        idx = self.sampler.indices(i)[rank * b:(rank + 1) * b]
+        g = stream_generator(self.seed, "augment", i)
+        oy, ox = torch.randint(0, 2 * self.pad + 1, (2, self.batch), generator=g)
+        flip = torch.randint(0, 2, (self.batch,), generator=g).bool()
+        part = slice(rank * b, (rank + 1) * b)
+        x = self.train_x[idx.to(self.train_x.device)].to(dev, non_blocking=True).float().div_(255).sub_(self.mean)
+        x = augment(x, self.pad, oy[part].to(dev), ox[part].to(dev), flip[part].to(dev))
+        y = self.ds.train_y[idx].to(dev, non_blocking=True)
+        lr = self.opt.param_groups[0]["lr"] if self.plateau else lr_at(self.rec, i)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        loss, wrong = train_step(self.net, self.opt, x, y)
+        self.meter += torch.stack([loss.double() * b, wrong.double(), torch.tensor(float(b), dtype=torch.float64,
+                                                                                   device=dev)])
+        return lr, loss
 
-def _csv_rows(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as f:
-        return [dict(r) for r in csv.DictReader(f)]
+    def evaluate_and_log(self, done: int, lr: float) -> None:
+        """Test error, a row of metrics.csv and a checkpoint (rank 0) after update ``done``."""
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+        self.elapsed += time.perf_counter() - self.tick
+        sums = self.meter.clone()
+        if self.world > 1:
+            dist.all_reduce(sums)
+        if not math.isfinite(sums[0].item()):
+            raise InputError(f"training diverged by iteration {done} (the loss is {sums[0].item()}); lower the "
+                             f"learning rate with --lr. {self.ckpt_path} keeps the last finite state")
+        self.test_error = test_error = evaluate(self.model, self.ds, self.mean, self.rank, self.world)
+        if self.sched is not None:
+            self.sched.step(test_error)
+        seen = max(1.0, sums[2].item())
+        row = {"iteration": done, "epoch": round(done * self.batch / len(self.ds.train_x), 4),
+               "loss": round(sums[0].item() / seen, 6), "train_error": round(100 * sums[1].item() / seen, 4),
+               "test_error": round(test_error, 4), "lr": float(f"{lr:.8g}"),
+               "images_per_s": round(seen / max(self.elapsed, 1e-9), 2)}
+        self.rows.append(row)
+        self.meter.zero_()
+        self.elapsed = 0.0
+        if self.rank != 0:
+            return
+        metrics.write(self.csv_path, self.rows)
+        self.checkpoint(done)
+        if self.show:
+            lead = "\r" if self.live else ""
+            print(f"{lead}resdsl: iteration {done}/{self.iters}  loss {row['loss']:.3f}  "
+                  f"train {row['train_error']:.2f}%  {self.ds.test_name} {test_error:.2f}%  lr {lr:g}  "
+                  f"{row['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
+
+    def checkpoint(self, i: int) -> None:
+        """Write ``last.pt``: everything :meth:`restore` needs to continue at update ``i`` bit for bit."""
+        meta = {"format": FORMAT, "spec": self.spec.name, "spec_sha256": self.spec.digest(), "iteration": i,
+                "test_error": self.test_error, "classes": self.ds.classes, "data": str(self.o.data),
+                "world_size": self.world,
+                "preprocess": "x / 255 - pixel_mean (per-pixel mean of the training set, [C, H, W])"}
+        payload = {"resdsl": meta, "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
+                   "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict() if self.sched else {},
+                   "iteration": i, "config": self.rec, "rng": {"torch": torch.get_rng_state()},
+                   "pixel_mean": self.mean.cpu(), "meter": {"sums": self.meter.cpu(), "elapsed": self.elapsed}}
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        write_bytes_atomic(self.ckpt_path, buf.getvalue())
+
+    def summary(self) -> dict[str, Any]:
+        last = self.rows[-1] if self.rows else {}
+        return {"out": str(self.out), "checkpoint": str(self.ckpt_path), "metrics": str(self.csv_path),
+                "iteration": max(self.start, self.iters), "rank": self.rank,
+                **{k: float(last[k]) for k in ("train_error", "test_error") if k in last}}
 
 
 def _install_handlers(stop: list[int]) -> dict[int, Any]:

@@ -54,17 +54,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _metrics(run: Path) -> tuple[str, list[dict[str, float]]]:
+    from .metrics import read
+
     path = run / "metrics.csv" if run.is_dir() else run
     if not path.is_file():
         raise InputError(f"{run}: no metrics.csv there; give run directories written by `resdsl train`")
-    import csv
-
-    try:
-        with open(path, newline="") as f:
-            rows = [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
-    except (ValueError, OSError, csv.Error) as e:
-        raise InputError(f"cannot read {path}: {e}; it is not a resdsl metrics.csv") from None
-    rows = [r for r in rows if "iteration" in r]
+    rows = read(path)
     if not rows or not {"train_error", "test_error"} <= rows[0].keys():
         raise InputError(f"{path} has no rows with iteration, train_error and test_error; let the run reach its "
                          "first evaluation (--eval-every)")

@@ -20,8 +20,9 @@ import torch
 from resdsl.backends.torch import build
 from resdsl.data import Sampler, augment, load_dataset
 from resdsl.errors import BackendUnavailable, InputError
+from resdsl.metrics import read as read_metrics
 from resdsl.spec import load
-from resdsl.train import TrainOptions, lr_at, read_metrics, train
+from resdsl.train import TrainOptions, lr_at, train
 from resdsl.train_cli import add_train_commands, main, plot_runs
 from resdsl.weights import load_into
 

@@ -45,33 +45,52 @@ def to_float16(model: onnx.ModelProto, *, keep_io_fp32: bool = True) -> onnx.Mod
       - every other tensor and node name is unchanged, so maps from layers to
         tensor names stay valid; the graph stays topologically sorted.
     """
-    import numpy as np
     import onnx
-    from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
     if out.functions or g.sparse_initializer:
         raise ValueError("fp16 pass: the model has local functions or sparse initializers, which it does not convert")
+    _convert_tensors(g)
+    if keep_io_fp32:
+        _cast_io(g)
+    else:
+        for v in (*g.input, *g.output):
+            _retype(v)
+    return out
 
-    def half(t: onnx.TensorProto) -> onnx.TensorProto:
-        if t.data_location == TensorProto.EXTERNAL:
-            raise ValueError(f"fp16 pass: tensor {t.name!r} is stored as external data; load it into the model first")
-        a = numpy_helper.to_array(t)
-        big = np.abs(a[np.isfinite(a)]).max(initial=0.0)
-        if big > FP16_MAX:
-            raise ValueError(f"fp16 pass: tensor {t.name!r} holds {big:g}, beyond float16's largest value {FP16_MAX:g}")
-        return numpy_helper.from_array(a.astype(np.float16), t.name)
 
-    def retype(v: onnx.ValueInfoProto) -> None:
-        if v.type.tensor_type.elem_type == f32:
-            v.type.tensor_type.elem_type = f16
+def _half(t: onnx.TensorProto) -> onnx.TensorProto:
+    """``t`` as float16, refused if stored outside the model or beyond float16's range."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
 
+    if t.data_location == TensorProto.EXTERNAL:
+        raise ValueError(f"fp16 pass: tensor {t.name!r} is stored as external data; load it into the model first")
+    a = numpy_helper.to_array(t)
+    big = np.abs(a[np.isfinite(a)]).max(initial=0.0)
+    if big > FP16_MAX:
+        raise ValueError(f"fp16 pass: tensor {t.name!r} holds {big:g}, beyond float16's largest value {FP16_MAX:g}")
+    return numpy_helper.from_array(a.astype(np.float16), t.name)
+
+
+def _retype(v: onnx.ValueInfoProto) -> None:
+    from onnx import TensorProto
+
+    if v.type.tensor_type.elem_type == TensorProto.FLOAT:
+        v.type.tensor_type.elem_type = TensorProto.FLOAT16
+
+
+def _convert_tensors(g: onnx.GraphProto) -> None:
+    """Initializers, constants, dtype attributes and value_info: float32 -> float16 (graph inputs/outputs kept)."""
+    import numpy as np
+    from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
     for init in g.initializer:
         if init.data_type == f32:
-            init.CopyFrom(half(init))
+            init.CopyFrom(_half(init))
     for node in g.node:
         if node.op_type in _FLOAT32_PINNED:
             raise ValueError(f"fp16 pass: node {node.name!r} is a {node.op_type}, whose scales must stay float32")
@@ -79,23 +98,24 @@ def to_float16(model: onnx.ModelProto, *, keep_io_fp32: bool = True) -> onnx.Mod
         for a in [a for a in node.attribute if a.name in scalars]:
             value = np.array(a.f if a.name == "value_float" else list(a.floats), dtype=np.float32)
             node.attribute.remove(a)
-            node.attribute.append(helper.make_attribute("value", half(numpy_helper.from_array(value, node.output[0]))))
+            node.attribute.append(helper.make_attribute("value", _half(numpy_helper.from_array(value, node.output[0]))))
         for a in node.attribute:
             if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
                 raise ValueError(f"fp16 pass: node {node.name!r} ({node.op_type}) has a subgraph")
             if a.type == AttributeProto.TENSOR and a.t.data_type == f32:
-                a.t.CopyFrom(half(a.t))
+                a.t.CopyFrom(_half(a.t))
             elif a.type == AttributeProto.INT and a.i == f32 and ((node.op_type, a.name) == ("Cast", "to") or (
                     node.op_type in _DTYPE_ATTR_OPS and a.name == "dtype")):
                 a.i = f16
     for v in g.value_info:
-        retype(v)
+        _retype(v)
 
-    if not keep_io_fp32:
-        for v in (*g.input, *g.output):
-            retype(v)
-        return out
 
+def _cast_io(g: onnx.GraphProto) -> None:
+    """Keep float32 graph inputs and outputs: a Cast to float16 after each input, one back before each output."""
+    from onnx import TensorProto, helper
+
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
     names = {t for n in g.node for t in (*n.input, *n.output)} | {i.name for i in g.initializer}
     initializers = {i.name for i in g.initializer}
 
@@ -120,7 +140,7 @@ def to_float16(model: onnx.ModelProto, *, keep_io_fp32: bool = True) -> onnx.Mod
         if v.type.tensor_type.elem_type != f32:
             continue
         if v.name in initializers:  # an initializer listed as input (IR < 4 style): it is float16 now
-            retype(v)
+            _retype(v)
             continue
         new = fresh(f"{v.name}.fp16")
         rename_uses(v.name, new)
@@ -140,4 +160,3 @@ def to_float16(model: onnx.ModelProto, *, keep_io_fp32: bool = True) -> onnx.Mod
     nodes = [*first, *g.node, *last]
     del g.node[:]
     g.node.extend(nodes)
-    return out
