@@ -22,7 +22,7 @@ from .limits import check
 from .options import BatchProfile, CompileOptions
 from .progress import Progress
 from .spec import Spec, load
-from .verify import Report, check_target, new_report
+from .verify import Reference, Report, check_target, new_report
 
 __all__ = ["CompileOptions", "compile_spec"]
 
@@ -47,13 +47,15 @@ def compile_spec(spec_path: str | Path, opts: CompileOptions, progress: Progress
         target.check_environment(opts)
     with progress.step("building the PyTorch module"):
         model, weights = _reference(graph, spec, opts, str(spec_path))
+    reference = Reference(lambda: _reference(graph, spec, opts, str(spec_path))[0], model)
+    del model  # held by ``reference`` alone, so that verifying the last target can free it
     manifest = _manifest(spec, str(spec_path), opts, counts, weights)
     report = new_report(graph, opts.precision, counts.macs)
     with staging_dir(out, force=opts.force) as stage:
-        for target in targets:
-            manifest = _add(manifest, stage, target.write(stage, model, spec, opts, progress))
-            check_target(report, model, target, stage, manifest, batches=opts.verify_batches, seed=opts.seed,
-                         progress=progress)
+        for i, target in enumerate(targets):
+            manifest = _add(manifest, stage, target.write(stage, reference.module, spec, opts, progress))
+            check_target(report, reference, target, stage, manifest, batches=opts.verify_batches, seed=opts.seed,
+                         progress=progress, last=i == len(targets) - 1)
             if not report.passed:
                 break
         for line in report.lines():

@@ -7,6 +7,7 @@ backend computed itself. Each net is exported once per module (dynamo is ~5 s).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -235,6 +236,49 @@ def test_truncated_and_edited_files_are_input_errors(exported: dict, tmp_path: P
             assert "protobuf" not in str(e.value).lower() and e.value.__cause__ is None
     with pytest.raises(InputError, match=r"missing\.onnx"):
         ob.session(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("key", ["tiny", "tiny17"])
+def test_file_is_protobufs_serialization_then_the_digest_record(exported: dict, key: str, tmp_path: Path) -> None:
+    """The file is written a piece at a time; it must equal protobuf's own serialization of the model (the oracle)
+    followed by one metadata record holding the sha256 of those bytes."""
+    data = Path(exported[key][1].path).read_bytes()
+    proto = onnx.load_model_from_string(data)
+    stamps = [p for p in proto.metadata_props if p.key == ob.DIGEST_KEY]
+    body = onnx.ModelProto()
+    body.CopyFrom(proto)
+    kept = [p for p in body.metadata_props if p.key != ob.DIGEST_KEY]
+    del body.metadata_props[:]
+    body.metadata_props.extend(kept)
+    canonical = body.SerializeToString(deterministic=True)
+    assert len(stamps) == 1 and stamps[0].value == hashlib.sha256(canonical).hexdigest()
+    assert data[:len(canonical)] == canonical
+    assert data[len(canonical):] == onnx.ModelProto(metadata_props=stamps).SerializeToString()
+
+    # another tool re-saving the model (digest record moved to the front) keeps it loadable: the digest is then
+    # checked on the re-serialized content
+    del proto.metadata_props[:]
+    proto.metadata_props.extend([*stamps, *kept])
+    onnx.save(proto, tmp_path / "resaved.onnx")
+    assert (tmp_path / "resaved.onnx").read_bytes() != data
+    assert ob.tensor_map(tmp_path / "resaved.onnx") == exported[key][1].tensor_of
+
+
+def test_a_file_changed_while_onnxruntime_loads_it_is_refused(exported: dict, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime reads the file itself after resdsl checked it; a file replaced in between is caught."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(Path(exported["tiny"][1].path).read_bytes())
+    real = ob._session
+
+    def swap_then_load(*args: Any, **kw: Any) -> Any:
+        sess = real(*args, **kw)
+        path.write_bytes(Path(exported["r18"][1].path).read_bytes())  # another valid resdsl model
+        return sess
+
+    monkeypatch.setattr(ob, "_session", swap_then_load)
+    with pytest.raises(InputError, match=r"m\.onnx: the file changed while ONNX Runtime was loading it"):
+        ob.session(path)
 
 
 def test_bad_options_and_names(exported: dict) -> None:

@@ -329,3 +329,23 @@ def test_progress_lines_in_a_pipe_and_none_with_quiet(tmp_path: Path) -> None:
         "resdsl: verifying torch against the module at batch 1, 3"]
     q = cli("compile", str(CIFAR), "--target", "torch", "-o", str(tmp_path / "b"), "-q")
     assert q.returncode == 0 and q.stderr == ""
+
+
+def test_reference_module_is_released_and_rebuilt_with_the_same_weights() -> None:
+    """Verifying the last target frees the module's weights first; localising afterwards rebuilds it, identical."""
+    import gc
+    import weakref
+
+    from resdsl.verify import Reference
+
+    ref = Reference(lambda: build(load(CIFAR), seed=3).eval())
+    first = ref.module
+    state = {k: v.clone() for k, v in first.state_dict().items()}
+    weight = weakref.ref(first.conv1.weight)
+    del first
+    ref.release()
+    gc.collect()
+    assert weight() is None
+    again = ref.module
+    assert again.conv1.weight.device.type == "cpu" and state.keys() == again.state_dict().keys()
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in state.items())

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ..errors import InputError, OptionError
 from .base import Plan, Written
 from .onnx_export import ExportInfo, export
-from .onnx_file import DIGEST_KEY, INPUT, OUTPUT, PathLike, load_model, need, read_checked, save, tensor_map
+from .onnx_file import DIGEST_KEY, INPUT, OUTPUT, PathLike, check_file, file_sha256, load_model, need, save, tensor_map
 
 if TYPE_CHECKING:
     import numpy as np
@@ -104,7 +104,7 @@ def convert_fp16(src_path: PathLike, dst_path: PathLike, *, keep_io_fp32: bool =
     save(half, Path(dst_path))
 
 
-def _session(model: onnx.ModelProto | bytes, name: str, threads: int | None = None,
+def _session(model: onnx.ModelProto | str, name: str, threads: int | None = None,
              providers: list[str] | None = None) -> onnxruntime.InferenceSession:
     ort = need("onnxruntime")
     if threads is not None and threads < 1:
@@ -114,16 +114,26 @@ def _session(model: onnx.ModelProto | bytes, name: str, threads: int | None = No
     if providers is None:
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     try:
-        data = model if isinstance(model, bytes) else model.SerializeToString()
-        return ort.InferenceSession(data, sess_options=opts, providers=providers)
+        source = model if isinstance(model, str) else model.SerializeToString()
+        return ort.InferenceSession(source, sess_options=opts, providers=providers)
     except Exception as e:
         raise InputError(f"{name}: ONNX Runtime cannot load the model: {e}") from None
 
 
 def session(path: PathLike, *, threads: int | None = None,
             providers: list[str] | None = None) -> onnxruntime.InferenceSession:
-    """An ONNX Runtime session on ``path``: CUDA first when this onnxruntime has it, then CPU."""
-    return _session(read_checked(path)[1], str(path), threads, providers)
+    """An ONNX Runtime session on ``path``: CUDA first when this onnxruntime has it, then CPU.
+
+    The file is checked first (:func:`load_model`'s checks), then ONNX Runtime reads it itself, so the process
+    never holds the model's bytes beside ONNX Runtime's copy; the file is hashed again afterwards to confirm
+    ONNX Runtime read what was checked.
+    """
+    digest = check_file(path)
+    sess = _session(str(path), str(path), threads, providers)
+    if file_sha256(path) != digest:
+        raise InputError(f"{path}: the file changed while ONNX Runtime was loading it; load it again once "
+                         "nothing is writing it")
+    return sess
 
 
 def _feed(sess: onnxruntime.InferenceSession, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -46,10 +46,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import InputError, VerificationError
-from .onnx_file import BATCH, INPUT, MIN_OPSET, OUTPUT, TENSORS_KEY, PathLike, need, save
+from .onnx_file import BATCH, INPUT, MIN_OPSET, OUTPUT, TENSORS_KEY, PathLike, commit, need, write_temporary
 
 if TYPE_CHECKING:
     import onnx
+    from onnxscript import ir
 
     from .torch import ResNet
 
@@ -108,12 +109,14 @@ def export(model: ResNet, path: PathLike, *, opset: int = 18, batch: int | None 
         raise VerificationError(f"the {chosen} exporter wrote input/output shapes {dims}, not one input and one "
                                 f"output with batch axis {BATCH if dynamic_batch else batch!r}; try the other exporter")
     proto.metadata_props.add(key=TENSORS_KEY, value=json.dumps(tensors))
-    save(proto, Path(path))
+    tmp = write_temporary(proto, Path(path))
+    del proto  # the checker loads the file: no second copy of the model meanwhile
+    commit(tmp, Path(path))
     return ExportInfo(str(path), opset, chosen, INPUT, OUTPUT, tuple(dims[0]), tuple(dims[1]), tensors,
                       time.perf_counter() - start)
 
 
-def _dynamo(model: Any, x: Any, opset: int, dynamic: bool) -> onnx.ModelProto:
+def _dynamo(model: Any, x: Any, opset: int, dynamic: bool) -> ir.Model:
     import torch
 
     # Built at >= 18 and converted in _tidy: asked for 17, the exporter's converter meets ReduceMean's
@@ -122,27 +125,32 @@ def _dynamo(model: Any, x: Any, opset: int, dynamic: bool) -> onnx.ModelProto:
                              dynamo=True, optimize=False, verbose=False,
                              dynamic_shapes=({0: torch.export.Dim(BATCH)},) if dynamic else None)
     assert prog is not None
-    return cast("onnx.ModelProto", need("onnxscript.ir").serde.serialize_model(prog.model))
+    return prog.model  # its initializers are views of the module's parameters: no copy of the weights yet
 
 
-def _torchscript(model: Any, x: Any, opset: int, dynamic: bool) -> onnx.ModelProto:
+def _torchscript(model: Any, x: Any, opset: int, dynamic: bool) -> ir.Model:
     import torch
 
     buf = io.BytesIO()
     torch.onnx.export(model, (x,), cast(Any, buf), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
                       dynamo=False, training=torch.onnx.TrainingMode.PRESERVE,  # model in eval: EVAL would fold BN
                       dynamic_axes={INPUT: {0: BATCH}, OUTPUT: {0: BATCH}} if dynamic else None)
-    return cast("onnx.ModelProto", need("onnx").load_model_from_string(buf.getvalue()))
+    proto = need("onnx").load_model_from_string(buf.getvalue())
+    return cast("ir.Model", need("onnxscript.ir").serde.deserialize_model(proto))
 
 
-def _tidy(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """Fold constants, drop all-zero conv biases, make Reshape shapes static, convert to ``opset``."""
+def _tidy(model: ir.Model, opset: int) -> onnx.ModelProto:
+    """Fold constants, drop all-zero conv biases, make Reshape shapes static (all in place on the IR), then
+    serialize once and convert to ``opset``."""
     optimizer, rewriter = need("onnxscript.optimizer"), need("onnxscript.rewriter")
     from onnxscript.rewriter.rules import common as rules
 
-    # in place; ConstantOfShape is kept by default, which would leave TorchScript's option-A Pad widths unfolded
-    optimizer.fold_constants(proto, should_fold=lambda n: True if n.op_type == "ConstantOfShape" else None)
-    proto = rewriter.rewrite(proto, [rules.remove_optional_bias_from_conv_rule, rules.materialize_reshape_shape_rule])
+    # ConstantOfShape is kept by default, which would leave TorchScript's option-A Pad widths unfolded
+    optimizer.fold_constants(model, should_fold=lambda n: True if n.op_type == "ConstantOfShape" else None)
+    model = rewriter.rewrite(model, [rules.remove_optional_bias_from_conv_rule, rules.materialize_reshape_shape_rule])
+    proto = cast("onnx.ModelProto", need("onnxscript.ir").serde.serialize_model(model))
+    for value in model.graph.initializers.values():  # the IR's tensors are views of the module's parameters, and
+        value.const_value = None  # onnxscript's rewrite rules keep the last graph they matched
     if opset < next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")):
         try:
             proto = cast("onnx.ModelProto", need("onnx.version_converter").convert_version(proto, opset))
@@ -150,5 +158,3 @@ def _tidy(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
             raise InputError(f"opset {opset}: onnx cannot convert this graph down to it ({str(e).splitlines()[0]}); "
                              "use opset 18 or exporter='torchscript'") from None
     return proto
-
-
