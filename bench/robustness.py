@@ -169,6 +169,17 @@ def hostile_artefacts(tmp: Path, rng: random.Random) -> list[Tally]:
     return rows
 
 
+def _complete(out: Path) -> bool:
+    from resdsl import ResdslError
+    from resdsl.manifest import read
+
+    try:
+        read(out)
+    except ResdslError:
+        return False
+    return True
+
+
 def faults(tmp: Path, kills: int, rng: random.Random) -> list[Tally]:
     rows = []
     for sig in (signal.SIGKILL, signal.SIGINT):
@@ -183,7 +194,9 @@ def faults(tmp: Path, kills: int, rng: random.Random) -> list[Tally]:
             p.send_signal(sig)
             _, err = p.communicate()
             t.tried += 1
-            partial = out.exists() and p.returncode != 0
+            # killed after the rename (the process was still shutting down), the directory is whole: only a
+            # directory whose manifest or files do not check out is partial
+            partial = out.exists() and not _complete(out)
             tb = "Traceback" in err
             r = cli("compile", "specs/cifar/resnet20.yaml", "--target", "torch", "-o", str(out), "--force")
             leftovers = [x.name for x in out.parent.iterdir() if x.name != "art"]

@@ -40,7 +40,8 @@ def write_data(d: Path, n: int, test: int = 50) -> Path:
 
 def resdsl_loop(data: Path, out: Path, batch: int, steps: int) -> tuple[float, float]:
     """images/s of the second interval of ``steps`` (from metrics.csv) and the wall time of the whole ``train()``."""
-    from resdsl.train import TrainOptions, read_metrics, train
+    from resdsl.metrics import read as read_metrics
+    from resdsl.train import TrainOptions, train
 
     t = time.perf_counter()
     train(TrainOptions(SPEC, data, out=out, iterations=2 * steps, batch=batch, eval_every=steps, milestones=(),

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from resdsl.train import TrainOptions, read_metrics, train
+    from resdsl.metrics import read as read_metrics
+    from resdsl.train import TrainOptions, train
     from resdsl.train_cli import plot_runs
 
     if a.threads:

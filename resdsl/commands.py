@@ -7,6 +7,7 @@ imports (torch, onnx, onnxruntime, tensorrt) happen inside the command functions
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,12 +22,14 @@ FLAGS = {"target": "--target", "out": "-o", "weights": "--weights", "precision":
          "batch": "--batch", "opset": "--opset", "force": "--force", "seed": "--seed",
          "verify_batches": "--verify-batch", "max_params": "--max-params", "max_gmacs": "--max-gmacs",
          "workspace_mib": "--workspace", "opt_level": "--opt-level", "timing_cache": "--timing-cache",
-         "tf32": "--tf32", "version_compatible": "--version-compatible", "device": "--device"}
+         "tf32": "--tf32", "version_compatible": "--version-compatible", "device": "--device",
+         "providers": "--provider", "batches": "--batch", "warmup": "--warmup", "iterations": "--iterations",
+         "duration": "--duration", "threads": "--threads", "cuda_graph": "--cuda-graph"}
 _TRT = ("workspace_mib", "opt_level", "timing_cache", "tf32", "version_compatible")
 
 
-def batch_list(text: str | None) -> tuple[int, ...]:
-    """``--verify-batch 1,3,8``."""
+def batch_list(text: str | None, field: str = "verify_batches") -> tuple[int, ...]:
+    """``--verify-batch 1,3,8`` (``field``: the option it fills, named in the error)."""
     if not text:
         return ()
     try:
@@ -34,7 +37,7 @@ def batch_list(text: str | None) -> tuple[int, ...]:
     except ValueError:
         sizes = ()
     if not sizes or min(sizes) < 1:
-        raise OptionError(f"{{verify_batches}} {text!r}: give batch sizes like 1,3,8")
+        raise OptionError(f"{{{field}}} {text!r}: give batch sizes like 1,3,8")
     return sizes
 
 
@@ -71,12 +74,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     d = Path(args.directory)
     m, report = verify_artefact(d, weights=args.weights, batches=batch_list(args.verify_batch), seed=args.seed,
-                                limits=limits(args), progress=Progress(quiet=args.quiet))
+                                limits=limits(args), progress=Progress(quiet=args.quiet),
+                                providers=[args.provider] if args.provider else None)
     for line in report.lines():
         print(f"{d}: {line}")
     if not report.passed:
         raise VerificationError(f"{d} does not compute what its spec and weights say it should")
     print(f"{d}: verified ({m.name}, {m.target}, {m.precision})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Time an artefact; a table (or JSON) on stdout."""
+    from .benchmark import bench
+    from .options import BenchOptions
+
+    opts = BenchOptions(batches=batch_list(args.batch, "batches"), warmup=args.warmup, iterations=args.iterations,
+                        duration=args.duration, threads=args.threads,
+                        providers=(args.provider,) if args.provider else None, cuda_graph=args.cuda_graph)
+    result = bench(args.directory, opts, Progress(quiet=args.quiet or args.json))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
     return 0
 
 
@@ -103,6 +120,12 @@ def add_limit_flags(p: Any) -> None:
     p.add_argument("--max-params", type=int, metavar="N", help="refuse networks with more parameters (default 2e9)")
     p.add_argument("--max-gmacs", type=float, metavar="X", help="refuse networks needing more GMACs per image "
                    "(default 2000)")
+
+
+def add_provider_flag(p: Any) -> None:
+    """``--provider``: ONNX Runtime's execution provider for an onnx artefact (verify, bench)."""
+    p.add_argument("--provider", metavar="NAME", help="ONNX Runtime execution provider for an onnx artefact: cpu, "
+                   "cuda, tensorrt, openvino, ... or a full name (default: cuda when installed, else cpu)")
 
 
 def _common(p: Any) -> None:
@@ -152,5 +175,20 @@ def add_commands(sub: Any) -> None:
     v.add_argument("--verify-batch", metavar="N,N,...", help="batch sizes (default: those of compile)")
     v.add_argument("--seed", type=int, default=1, help="seed of the verification inputs (default 1: inputs "
                    "compile did not see)")
+    add_provider_flag(v)
     _common(v)
     v.set_defaults(func=cmd_verify)
+
+    b = sub.add_parser("bench", help="latency and throughput of an artefact at given batch sizes")
+    b.add_argument("directory", metavar="DIR")
+    b.add_argument("--batch", metavar="N,N,...", help="batch sizes within the artefact's range (default: its opt)")
+    b.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed runs first (default 10)")
+    runs = b.add_mutually_exclusive_group()
+    runs.add_argument("--iterations", type=int, metavar="N", help="timed runs per batch size")
+    runs.add_argument("--duration", type=float, metavar="S", help="seconds of timed runs per batch size (default 3)")
+    b.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: one per core)")
+    add_provider_flag(b)
+    b.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the engine from a CUDA graph")
+    b.add_argument("--json", action="store_true", help="machine-readable output (no progress lines)")
+    b.add_argument("-q", "--quiet", action="store_true", help="print no progress lines")
+    b.set_defaults(func=cmd_bench)

@@ -134,14 +134,14 @@ class CompileOptions:
     aoti: AotiOptions | None = None        # aoti target only; None: the defaults
 
     def __post_init__(self) -> None:
-        if isinstance(self.batch, str):
-            object.__setattr__(self, "batch", BatchProfile.parse(self.batch))
+        if isinstance(self.batch, (str, int)) and not isinstance(self.batch, bool):
+            object.__setattr__(self, "batch", BatchProfile.parse(str(self.batch)))
         for name in ("out", "weights"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
         if not isinstance(self.batch, BatchProfile):
-            raise OptionError(f"{{batch}} {self.batch!r}: give a BatchProfile or text N / MIN:OPT:MAX")
+            raise OptionError(f"{{batch}} {self.batch!r}: give a BatchProfile, a size N or text MIN:OPT:MAX")
         if self.precision not in PRECISIONS:
             raise OptionError(f"{{precision}} {self.precision!r}: choose fp32 or fp16")
         if self.io not in PRECISIONS or (self.io == "fp16" and self.precision != "fp16"):
@@ -172,10 +172,40 @@ class CompileOptions:
         return self.aoti or AotiOptions()
 
 
+@dataclass(frozen=True)
+class BenchOptions:
+    """What ``resdsl bench`` measures: batch sizes (default: the profile's opt), ``warmup`` untimed runs, then
+    ``iterations`` timed runs or runs for ``duration`` seconds (default 3 s); ``threads`` and ``providers`` as
+    in :func:`resdsl.runtime.load`; ``cuda_graph``: a TensorRT engine replayed from a captured CUDA graph."""
+
+    batches: tuple[int, ...] = ()
+    warmup: int = 10
+    iterations: int | None = None
+    duration: float | None = None
+    threads: int | None = None
+    providers: tuple[str, ...] | None = None
+    cuda_graph: bool = False
+
+    def __post_init__(self) -> None:
+        if any(not isinstance(b, int) or b < 1 for b in self.batches):
+            raise OptionError(f"{{batches}} {self.batches}: batch sizes must be at least 1, e.g. 1,8,32")
+        if self.warmup < 0 or (self.iterations is not None and self.iterations < 1):
+            raise OptionError(f"{{warmup}} {self.warmup}, {{iterations}} {self.iterations}: warm-up runs are 0 or "
+                              "more, timed iterations at least 1")
+        if self.duration is not None and not 0 < self.duration <= 3600:
+            raise OptionError(f"{{duration}} {self.duration}: give seconds between 0 and 3600")
+        if self.iterations is not None and self.duration is not None:
+            raise OptionError("{iterations} and {duration} both given: choose one")
+        if self.threads is not None and self.threads < 1:
+            raise OptionError(f"{{threads}} {self.threads}: must be at least 1")
+
+
 #: How the Python API names each option in messages; the CLI has its own table of flags.
 API_NAMES.update({
     **{f.name: f"CompileOptions.{f.name}" for f in fields(CompileOptions)},
     **{f.name: f"Limits.{f.name}" for f in fields(Limits)},
     **{f.name: f"TrtOptions.{f.name}" for f in fields(TrtOptions)},
     **{f.name: f"AotiOptions.{f.name}" for f in fields(AotiOptions)},
+    **{f.name: f"BenchOptions.{f.name}" for f in fields(BenchOptions)},
+    "providers": "providers (of resdsl.runtime.load, verify_artefact or BenchOptions)",
 })

@@ -7,6 +7,7 @@ engine's TensorRT version and GPU architecture, a package's torch release and de
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +49,17 @@ class Artefact:
         return np.asarray(self.runner(np.ascontiguousarray(x, dtype=self._in_dtype)), dtype=np.float32)
 
 
-def load(directory: str | Path, *, threads: int | None = None) -> Artefact:
+def load(directory: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None) -> Artefact:
     """Check ``directory``'s manifest and hashes, then open the artefact it describes.
 
     ``threads`` sets ONNX Runtime's intra-op threads for an onnx artefact (default: one per core);
-    the other targets take their threads from torch (``torch.set_num_threads``).
+    the other targets take their threads from torch (``torch.set_num_threads``). ``providers`` chooses ONNX
+    Runtime's execution providers for an onnx artefact, in order of preference ("cuda", "cpu", "tensorrt", ...
+    or ONNX Runtime's full names); by default CUDA when this onnxruntime has it, else the CPU. One that is not
+    installed raises BackendUnavailable naming the package.
     """
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads {threads!r}: must be at least 1 (or None: the runtime's default)")
     d = Path(directory)
     m = mf.read(d)
-    return Artefact(d, m, get(m.target).open(d, m, threads))
+    return Artefact(d, m, get(m.target).open(d, m, threads, providers))

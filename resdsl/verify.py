@@ -191,7 +191,7 @@ class Reference:
 
 def check_target(report: Report, reference: Reference, target: Target, directory: Path, manifest: Manifest, *,
                  batches: tuple[int, ...] = (), seed: int = 0, progress: Progress | None = None,
-                 last: bool = False) -> None:
+                 last: bool = False, providers: Sequence[str] | None = None) -> None:
     """Open ``directory`` as ``target`` (as the runtime will) and compare it with the reference module; add to
     ``report``. ``last``: no later check needs the module, so it is released before the target is opened."""
     plan = target.plan(manifest)
@@ -203,7 +203,7 @@ def check_target(report: Report, reference: Reference, target: Target, directory
     del model
     if last:
         reference.release()
-    runner = target.open(directory, manifest)
+    runner = target.open(directory, manifest, None, providers)
     what = f"verifying {runner.backend} against the module at batch {', '.join(map(str, b))}"
     with (progress or Progress(quiet=True)).step(what):
         for x, ref in cases:
@@ -220,13 +220,14 @@ def check_target(report: Report, reference: Reference, target: Target, directory
 
 
 def verify_artefact(directory: str | Path, *, weights: Path | None = None, batches: tuple[int, ...] = (),
-                    seed: int = 1, limits: Limits | None = None, progress: Progress | None = None
-                    ) -> tuple[Manifest, Report]:
+                    seed: int = 1, limits: Limits | None = None, progress: Progress | None = None,
+                    providers: Sequence[str] | None = None) -> tuple[Manifest, Report]:
     """Re-hash an artefact, rebuild its module from the manifest's spec and weights, compare every target of
     its chain (a trt artefact: its ONNX model and its engine) again. Raise InputError when the weights cannot
-    be reproduced; the report says whether the outputs agree."""
+    be reproduced; the report says whether the outputs agree. ``providers``: ONNX Runtime's execution providers
+    for the ONNX model (see :func:`resdsl.runtime.load`)."""
     from . import manifest as mf
-    from .backends.base import chain
+    from .backends.base import chain, refuse_providers
     from .expand import expand
     from .flops import count
     from .limits import check
@@ -242,9 +243,11 @@ def verify_artefact(directory: str | Path, *, weights: Path | None = None, batch
     recorded = tuple(dict.fromkeys(c["batch"] for c in (m.verification or {}).get("checks", [])))
     report = new_report(graph, m.precision, m.counts.macs)
     targets = chain(m.target)
+    if providers is not None and all(t.NAME != "onnx" for t in targets):
+        refuse_providers(m.target, providers)
     for i, target in enumerate(targets):
         check_target(report, reference, target, d, m, batches=batches or recorded, seed=seed, progress=progress,
-                     last=i == len(targets) - 1)
+                     last=i == len(targets) - 1, providers=providers if target.NAME == "onnx" else None)
     return m, report
 
 

@@ -208,6 +208,10 @@ def test_outputs_get_the_modes_the_umask_gives(umask: int, dir_mode: int, file_m
     spec.write_text("resdsl: 1\nname: tiny\ninput: {channels: 3, size: 32}\nblock: basic\nshortcut: A\n"
                     "stem: {conv: {channels: 4, kernel: 3, stride: 1}}\nstages: [{width: 4, blocks: 1}]\n"
                     "head: {classes: 10}\n")
+    onnx_art = tmp_path / "onnx"  # model.onnx is written through a temporary file of its own
+    r = cli("compile", str(spec), "--target", "onnx", "-o", str(onnx_art))
+    assert r.returncode == 0, r.stderr
+    assert {f.name: mode(f) for f in onnx_art.iterdir()} == {"manifest.json": file_mode, "model.onnx": file_mode}
     run = tmp_path / "run"
     r = cli("train", str(spec), "--data", str(_tiny_cifar(tmp_path / "data")), "--out", str(run), "--iterations",
             "2", "--batch", "4", "--lr", "0.01", "--eval-every", "1")

@@ -19,14 +19,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BackendUnavailable, InputError
-from .base import Plan, Written
+from .base import Plan, Written, refuse_providers
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -183,8 +183,10 @@ class Runner:
         return self._fn(x)
 
 
-def open(directory: Path, manifest: Manifest, threads: int | None = None) -> Runner:
+def open(directory: Path, manifest: Manifest, threads: int | None = None, providers: Sequence[str] | None = None
+         ) -> Runner:
     """Load ``model.pt2`` after checking the torch release and device it was compiled for."""
+    refuse_providers(NAME, providers)
     return Runner(load(directory / PACKAGE, manifest))
 
 

@@ -5,7 +5,7 @@ in :data:`TARGETS`. The pipeline (:mod:`resdsl.pipeline`) drives every target th
 
     check_environment(options)                       refuse early: a missing library or GPU, an unsupported option
     write(stage, model, spec, options, progress)     the artefact's files in a staging directory -> Written
-    open(directory, manifest, threads)               what resdsl.runtime.load returns: a Runner
+    open(directory, manifest, threads, providers)    what resdsl.runtime.load returns: a Runner
     plan(manifest)                                   where and at which batch sizes verification runs
     localiser(directory, manifest)                   per-layer outputs, to name the first diverging layer (or None)
 
@@ -18,7 +18,7 @@ and the torch lowering.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -85,11 +85,21 @@ class Target(Protocol):
 
     def write(self, stage: Path, model: Any, spec: Spec, options: CompileOptions, progress: Progress) -> Written: ...
 
-    def open(self, directory: Path, manifest: Manifest, threads: int | None = None) -> Runner: ...
+    def open(self, directory: Path, manifest: Manifest, threads: int | None = None,
+             providers: Sequence[str] | None = None) -> Runner: ...
 
     def plan(self, manifest: Manifest) -> Plan: ...
 
     def localiser(self, directory: Path, manifest: Manifest) -> Localiser | None: ...
+
+
+def refuse_providers(target: str, providers: Sequence[str] | None) -> None:
+    """Execution providers are ONNX Runtime's: any other target refuses them."""
+    if providers is not None:
+        from ..errors import OptionError
+
+        raise OptionError(f"{{providers}} {', '.join(providers)}: execution providers choose where ONNX Runtime "
+                          f"runs an onnx artefact; a {target} artefact runs where it was built to. Drop {{providers}}")
 
 
 def get(name: str) -> Target:

@@ -7,10 +7,11 @@ The export itself is :mod:`resdsl.backends.onnx_export`; the file format (digest
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import InputError, OptionError
+from ..errors import BackendUnavailable, InputError, OptionError
 from .base import Plan, Written
 from .onnx_export import ExportInfo, export
 from .onnx_file import DIGEST_KEY, INPUT, OUTPUT, PathLike, check_file, file_sha256, load_model, need, save, tensor_map
@@ -57,15 +58,51 @@ class Runner:
 
     def __init__(self, sess: onnxruntime.InferenceSession) -> None:
         self.session = sess
-        self.backend = "onnxruntime-" + ("cuda" if "CUDAExecutionProvider" in sess.get_providers() else "cpu")
+        first = sess.get_providers()[0]
+        self.backend = "onnxruntime-" + _SHORT.get(first, first.removesuffix("ExecutionProvider").lower())
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return run(self.session, x)
 
 
-def open(directory: Path, manifest: Manifest, threads: int | None = None) -> Runner:
-    """An ONNX Runtime session on the checked bytes of ``model.onnx`` (CUDA first when available)."""
-    return Runner(session(directory / MODEL, threads=threads))
+def open(directory: Path, manifest: Manifest, threads: int | None = None,
+         providers: Sequence[str] | None = None) -> Runner:
+    """An ONNX Runtime session on the checked ``model.onnx``: on ``providers``, or CUDA first when available."""
+    return Runner(session(directory / MODEL, threads=threads, providers=provider_list(providers)))
+
+
+#: ``--provider`` names -> ONNX Runtime's execution providers (a full name such as "OpenVINOExecutionProvider"
+#: is taken as it is).
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider", "rocm": "ROCMExecutionProvider",
+             "openvino": "OpenVINOExecutionProvider", "dnnl": "DnnlExecutionProvider",
+             "coreml": "CoreMLExecutionProvider", "directml": "DmlExecutionProvider"}
+_SHORT = {v: k for k, v in PROVIDERS.items()}
+_PACKAGE = {"CUDAExecutionProvider": "onnxruntime-gpu", "TensorrtExecutionProvider": "onnxruntime-gpu (and TensorRT)",
+            "OpenVINOExecutionProvider": "onnxruntime-openvino", "DmlExecutionProvider": "onnxruntime-directml",
+            "ROCMExecutionProvider": "onnxruntime-rocm"}
+
+
+def provider_list(names: Sequence[str] | None) -> list[str] | None:
+    """ONNX Runtime's provider list for ``names`` ("cuda", "cpu", ... or full names), in that order of preference,
+    then the CPU for nodes the others do not take. None: the default, CUDA first when this onnxruntime has it,
+    then the CPU. TensorRT's provider is never chosen unasked: it builds engines when a session starts, which
+    takes minutes without an engine cache."""
+    if names is None:
+        return None
+    ort = need("onnxruntime")
+    if isinstance(names, str) or not names:
+        raise OptionError(f"{{providers}} {names!r}: give a list of provider names, e.g. ['cuda'] or ['cpu']")
+    full = [PROVIDERS.get(n, n) for n in names]
+    available = ort.get_available_providers()
+    for name, f in zip(names, full, strict=True):
+        if f not in available:
+            what = _PACKAGE.get(f, f"an onnxruntime build with {f}")
+            raise BackendUnavailable(f"execution provider {name!r} ({f}) is not in this onnxruntime "
+                                     f"{ort.__version__}, which has {', '.join(_SHORT.get(p, p) for p in available)}; "
+                                     f"install {what} in place of onnxruntime (one of them, not both), or choose "
+                                     "another provider")
+    return list(dict.fromkeys([*full, "CPUExecutionProvider"]))
 
 
 def plan(manifest: Manifest) -> Plan:

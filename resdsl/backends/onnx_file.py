@@ -220,7 +220,7 @@ def _check(path: PathLike, keep: bool) -> tuple[onnx.ModelProto, str]:
 def _intact(data: bytes, proto: onnx.ModelProto) -> bool:
     """Whether a file with resdsl's metadata carries the digest of the rest (one without any is let through).
 
-    As :func:`save_serialized` writes it, the file is the canonical bytes followed by the digest record: that is
+    As :func:`write_temporary` writes it, the file is the canonical bytes followed by the digest record: that is
     checked on the bytes. Otherwise (a model re-saved by another tool) the digest is recomputed from ``proto``
     with the entry removed, canonically serialized; ``proto`` is left as it was.
     """

@@ -26,7 +26,7 @@ from ..expand import expand
 from ..ir import Graph, Node
 from ..options import DEFAULT_LIMITS, Limits
 from ..spec import Spec, load
-from .base import Plan, Written
+from .base import Plan, Written, refuse_providers
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -225,8 +225,10 @@ class _Runner:
             return np.asarray(self.model(torch.from_numpy(x)).numpy())
 
 
-def open(directory: Path, manifest: Manifest, threads: int | None = None) -> _Runner:
+def open(directory: Path, manifest: Manifest, threads: int | None = None, providers: Sequence[str] | None = None
+         ) -> _Runner:
     """A fresh module from the manifest's spec with the checkpoint's weights (strict)."""
+    refuse_providers(NAME, providers)
     from ..spec import from_resolved
     from ..weights import read_state
 

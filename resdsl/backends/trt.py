@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Plan, Written
+from .base import Plan, Written, refuse_providers
 from .trt_build import (
     INPUT,
     OUTPUT,
@@ -67,9 +68,15 @@ class Runner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self._runner(x)
 
+    def device_timer(self, x: np.ndarray, cuda_graph: bool = False) -> tuple[Any, Any, Any]:
+        """For ``resdsl bench``: see :meth:`TrtRunner.device_timer`."""
+        return self._runner.device_timer(x, cuda_graph=cuda_graph)
 
-def open(directory: Path, manifest: Manifest, threads: int | None = None) -> Runner:
+
+def open(directory: Path, manifest: Manifest, threads: int | None = None, providers: Sequence[str] | None = None
+         ) -> Runner:
     """Check the engine's TensorRT version and GPU against this machine, then deserialize it."""
+    refuse_providers(NAME, providers)
     info = manifest.section("trt")
     check_engine_compatible(info, environment())
     return Runner(TrtRunner(directory / ENGINE, sha256=manifest.files[ENGINE].sha256,

@@ -124,3 +124,50 @@ class TrtRunner:
         if not ok:
             raise RuntimeError(f"TensorRT failed to run the engine{_said(self._logger)}")
         return out.float().cpu().numpy()
+
+    def device_timer(self, x: np.ndarray, cuda_graph: bool = False) -> tuple[Any, Any, Any]:
+        """Three calls for timing as trtexec does, each waiting for the GPU: run the engine on ``x`` already in
+        device memory (replayed from a captured CUDA graph with ``cuda_graph``), copy ``x`` host -> device
+        (from pinned memory), copy the logits device -> host."""
+        import torch
+
+        context, stream = self._context, self._stream
+        host = torch.from_numpy(np.ascontiguousarray(x)).to(self._in_dtype).pin_memory()
+        xin = host.to("cuda")
+        if not context.set_input_shape(INPUT, tuple(xin.shape)):
+            raise InputError(f"TensorRT rejected the input shape {list(xin.shape)}{_said(self._logger)}.")
+        out = torch.empty(tuple(context.get_tensor_shape(OUTPUT)), dtype=self._out_dtype, device="cuda")
+        host_out = torch.empty(out.shape, dtype=out.dtype).pin_memory()
+        context.set_tensor_address(INPUT, xin.data_ptr())
+        context.set_tensor_address(OUTPUT, out.data_ptr())
+        torch.cuda.synchronize()
+
+        def enqueue() -> None:
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError(f"TensorRT failed to run the engine{_said(self._logger)}")
+
+        enqueue()  # the first enqueue after a shape change does set-up work that must not be captured
+        stream.synchronize()
+        run: Any = enqueue
+        if cuda_graph:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
+                enqueue()
+            run = graph.replay
+
+        def compute() -> None:
+            with torch.cuda.stream(stream):
+                run()
+            stream.synchronize()
+
+        def h2d() -> None:
+            with torch.cuda.stream(stream):
+                xin.copy_(host, non_blocking=True)
+            stream.synchronize()
+
+        def d2h() -> None:
+            with torch.cuda.stream(stream):
+                host_out.copy_(out, non_blocking=True)
+            stream.synchronize()
+
+        return compute, h2d, d2h
