@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SPEC   ?= specs/resnet152.yaml
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all lint bench clean cpp-deps
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 	    $(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/trt-bindings/$$v "tensorrt_cu12_bindings==$$v" || exit 1; \
 	  done; \
 	fi
+	$(MAKE) --no-print-directory cpp-deps
 	touch $@
+
+# examples/cpp reads manifest.json with nlohmann/json and hashes files with OpenSSL: their headers come from the
+# system's packages. Installed with apt-get where this runs as root on Debian/Ubuntu; otherwise a note (the C++
+# test then skips, saying what to install).
+cpp-deps:
+	@if [ -f /usr/include/nlohmann/json.hpp ] && [ -f /usr/include/openssl/evp.h ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q --no-install-recommends nlohmann-json3-dev libssl-dev >/dev/null || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends nlohmann-json3-dev libssl-dev >/dev/null; }; \
+	else echo "note: examples/cpp needs nlohmann-json3-dev and libssl-dev (sudo apt-get install nlohmann-json3-dev libssl-dev)"; fi
 
 # Main job: validate every spec, reproduce Table 1, then compile SPEC to ONNX, verify it, and check it again.
 demo: $(VENV)/.installed

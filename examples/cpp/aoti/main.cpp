@@ -60,12 +60,12 @@ int main(int argc, char** argv) {
   try {
     const std::string dir = argv[1];
     const resdsl::Json m = resdsl::read_manifest(dir);
-    if (m.at("target").str != "aoti")
-      throw std::runtime_error(dir + " holds a '" + m.at("target").str + "' artefact; this program runs aoti ones "
+    if (resdsl::get<std::string>(m, "target") != "aoti")
+      throw std::runtime_error(dir + " holds a '" + resdsl::get<std::string>(m, "target") + "' artefact; this program runs aoti ones "
                                "(resdsl compile --target aoti)");
-    const resdsl::Json& aoti = m.at("aoti");
-    const std::string device = aoti.at("device").str;
-    check_torch_version(aoti.at("torch").str);
+    const resdsl::Json& aoti = resdsl::at(m, "aoti");
+    const std::string device = resdsl::get<std::string>(aoti, "device");
+    check_torch_version(resdsl::get<std::string>(aoti, "torch"));
     if (device == "cuda" && !at::hasCUDA())
       throw std::runtime_error("the package was compiled for cuda but this libtorch has no CUDA support or sees "
                                "no GPU; build against a CUDA torch on a GPU machine, or compile with --device cpu");
@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
     const resdsl::TensorInfo in = resdsl::tensor_info(m, "inputs");
     at::Tensor x = make_input(in, argc == 3 ? argv[2] : nullptr);
     // A fixed-batch package (--batch N) takes exactly N images: repeat ours and keep the first answer.
-    const auto min_batch = int64_t(m.at("batch").at("min").number);
+    const auto min_batch = resdsl::get<int64_t>(resdsl::at(m, "batch"), "min");
     if (min_batch > 1) {
       std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
       shape[0] = min_batch;

@@ -111,7 +111,7 @@ void check_engine(const resdsl::Json& trt, bool version_compatible) {
   const int32_t v = getInferLibVersion();  // TensorRT >= 10: MAJOR * 10000 + MINOR * 100 + PATCH
   const std::string here = std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." +
                            std::to_string(v % 100);
-  const std::string built = trt.at("trt_version").str;
+  const std::string built = resdsl::get<std::string>(trt, "trt_version");
   const bool same = built.compare(0, here.size(), here) == 0 &&
                     (built.size() == here.size() || built[here.size()] == '.');
   if (!same && !version_compatible)
@@ -123,8 +123,8 @@ void check_engine(const resdsl::Json& trt, bool version_compatible) {
   cuda_check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
   cuda_check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
   const std::string cc = std::to_string(major) + "." + std::to_string(minor);
-  if (trt.at("compute_capability").str != cc)
-    throw std::runtime_error("the engine was built for compute capability " + trt.at("compute_capability").str +
+  if (resdsl::get<std::string>(trt, "compute_capability") != cc)
+    throw std::runtime_error("the engine was built for compute capability " + resdsl::get<std::string>(trt, "compute_capability") +
                              " but this GPU is " + cc + "; engines are tied to the GPU architecture: rebuild it here");
 }
 
@@ -139,13 +139,12 @@ int main(int argc, char** argv) {
   try {
     const std::string dir = argv[1];
     const resdsl::Json m = resdsl::read_manifest(dir);
-    if (m.at("target").str != "trt")
-      throw std::runtime_error(dir + " holds a '" + m.at("target").str + "' artefact; this program runs trt ones "
+    if (resdsl::get<std::string>(m, "target") != "trt")
+      throw std::runtime_error(dir + " holds a '" + resdsl::get<std::string>(m, "target") + "' artefact; this program runs trt ones "
                                "(resdsl compile --target trt)");
-    const resdsl::Json& trt = m.at("trt");
-    const resdsl::Json* opts = trt.find("options");
-    const resdsl::Json* vc = opts ? opts->find("version_compatible") : nullptr;
-    const bool version_compatible = vc && vc->boolean;
+    const resdsl::Json& trt = resdsl::at(m, "trt");
+    const resdsl::Json opts = trt.value("options", resdsl::Json::object());
+    const bool version_compatible = opts.value("version_compatible", false);
     check_engine(trt, version_compatible);
     const resdsl::TensorInfo in = resdsl::tensor_info(m, "inputs"), out = resdsl::tensor_info(m, "outputs");
 
@@ -169,7 +168,7 @@ int main(int argc, char** argv) {
                                         "' as manifest.json says; rebuild it with resdsl");
     }
     // The profile's smallest batch; a fixed-batch engine (--batch N) takes exactly N: repeat the image.
-    const auto batch = int64_t(m.at("batch").at("min").number);
+    const auto batch = resdsl::get<int64_t>(resdsl::at(m, "batch"), "min");
     const int64_t per_image = in.numel_per_item();
     const std::vector<float> image = make_input(per_image, argc == 3 ? argv[2] : nullptr);
     nvinfer1::Dims dims{};
