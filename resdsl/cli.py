@@ -121,6 +121,9 @@ def parser() -> argparse.ArgumentParser:
     from .train_cli import add_train_commands  # train, plot: torch is imported inside them
 
     add_train_commands(sub)
+    from .triton_cli import add_triton_command  # triton: a Triton model repository; no torch
+
+    add_triton_command(sub)
     return p
 
 

@@ -136,7 +136,7 @@ def _fields(msg: Message, lo: int, hi: int) -> bytes:
     for fd, value in msg.ListFields():
         if not lo <= fd.number < hi:
             continue
-        if getattr(fd, "is_repeated", None) or getattr(fd, "label", 0) == 3:  # 3: LABEL_REPEATED
+        if fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED:  # protobuf < 5.28: label
             getattr(part, fd.name).extend(value)
         elif fd.type == fd.TYPE_MESSAGE:
             getattr(part, fd.name).CopyFrom(value)
