@@ -17,7 +17,7 @@ import torch
 
 from resdsl import InputError, build
 from resdsl.backends import aoti
-from resdsl.errors import BackendUnavailable
+from resdsl.errors import BackendUnavailable, OptionError
 from resdsl.manifest import read as read_manifest
 from resdsl.options import AotiOptions
 from resdsl.pipeline import CompileOptions, compile_spec
@@ -129,3 +129,17 @@ def test_boundary_casts_fp16_inside_and_io_outside() -> None:
     assert half_in_fp32_out.dtype == torch.float32 and half_io.dtype == torch.float16
     assert _rel(half_in_fp32_out.numpy(), ref.numpy()) < 3e-2
     assert next(model.parameters()).dtype == torch.float32  # the reference module is left alone
+
+
+def test_bench_times_the_package(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``resdsl bench`` on an aoti artefact: each requested batch within the range, host-to-host timing."""
+    from resdsl.benchmark import bench
+    from resdsl.options import BenchOptions
+
+    out = aoti_artefact(CIFAR, tmp_path_factory)
+    result = bench(out, BenchOptions(batches=(1, 4), warmup=1, iterations=3))
+    assert result.backend == "aoti" and result.artefact["target"] == "aoti" and "host memory" in result.timing
+    assert [r.batch for r in result.results] == [1, 4] and all(r.runs == 3 for r in result.results)
+    assert all(r.min_ms <= r.p50_ms <= r.max_ms and r.images_per_s > 0 for r in result.results)
+    with pytest.raises(OptionError, match=r"BenchOptions\.batches 5: outside"):
+        bench(out, BenchOptions(batches=(5,), iterations=1))
