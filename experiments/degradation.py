@@ -23,6 +23,7 @@ import pickle
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -30,22 +31,28 @@ sys.path.insert(0, str(ROOT))
 NETS = ("plain20", "plain56", "resnet20", "resnet56")
 
 
-def write_digits(out: Path, seed: int = 0, test_fraction: float = 1 / 6) -> Path:
-    """sklearn's digits as a CIFAR-10 python directory (32x32 RGB uint8), split 5:1 with a fixed shuffle."""
+def write_digits(out: Path, seed: int = 0, test_fraction: float = 1 / 6, images: Any = None,
+                 targets: Any = None) -> Path:
+    """sklearn's digits as a CIFAR-10 python directory (32x32 RGB uint8), split 5:1 with a fixed shuffle.
+
+    ``images`` ([N, 8, 8], values 0..16) and ``targets`` default to ``sklearn.datasets.load_digits()``'s; the
+    test suite passes the same arrays from tests/data/digits.npz so that it does not need scikit-learn."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        sys.exit("degradation.py needs scikit-learn for the digits data: pip install scikit-learn "
-                 "(or pass --data with CIFAR-10)")
-    digits = load_digits()
-    x = torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0))[:, None]  # [N, 1, 8, 8], 0..255
+    if images is None or targets is None:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            sys.exit("degradation.py needs scikit-learn for the digits data: pip install scikit-learn "
+                     "(or pass --data with CIFAR-10)")
+        digits = load_digits()
+        images, targets = digits.images, digits.target
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32) * (255.0 / 16.0))[:, None]  # [N, 1, 8, 8], 0..255
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).round().clamp(0, 255)
     x = x.to(torch.uint8).expand(-1, 3, -1, -1).numpy()
-    y = digits.target.astype(np.int64)
+    y = np.asarray(targets, dtype=np.int64)
     order = np.random.default_rng(seed).permutation(len(y))
     n_test = round(len(y) * test_fraction)
     test, train = order[:n_test], order[n_test:]

@@ -24,7 +24,8 @@ FLAGS = {"target": "--target", "out": "-o", "weights": "--weights", "precision":
          "workspace_mib": "--workspace", "opt_level": "--opt-level", "timing_cache": "--timing-cache",
          "tf32": "--tf32", "version_compatible": "--version-compatible", "device": "--device",
          "providers": "--provider", "batches": "--batch", "warmup": "--warmup", "iterations": "--iterations",
-         "duration": "--duration", "threads": "--threads", "cuda_graph": "--cuda-graph"}
+         "duration": "--duration", "threads": "--threads", "cuda_graph": "--cuda-graph", "split": "--split",
+         "limit": "--limit", "max_drop": "--max-drop", "batch_size": "--batch"}
 _TRT = ("workspace_mib", "opt_level", "timing_cache", "tf32", "version_compatible")
 
 
@@ -94,6 +95,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         providers=(args.provider,) if args.provider else None, cuda_graph=args.cuda_graph)
     result = bench(args.directory, opts, Progress(quiet=args.quiet or args.json))
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Accuracy of an artefact beside its module; exit 1 when it drops more than --max-drop."""
+    from .evaluate import evaluate
+    from .options import EvalOptions
+
+    opts = EvalOptions(data=args.data, split=args.split, batch_size=args.batch, limit=args.limit,
+                       max_drop=args.max_drop, weights=args.weights, threads=args.threads,
+                       providers=(args.provider,) if args.provider else None)
+    result = evaluate(args.directory, opts, Progress(quiet=args.quiet or args.json))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
+    if not result.passed:
+        raise VerificationError(f"{args.directory}: top-1 is {result.drop:.2f} points below the fp32 module's, more "
+                                f"than --max-drop {result.max_drop:g}; compile at a higher precision, or with "
+                                "better calibration data")
     return 0
 
 
@@ -192,3 +210,20 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--json", action="store_true", help="machine-readable output (no progress lines)")
     b.add_argument("-q", "--quiet", action="store_true", help="print no progress lines")
     b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser("evaluate", help="top-1/top-5 of an artefact on labelled images, beside its fp32 module")
+    e.add_argument("directory", metavar="DIR")
+    e.add_argument("--data", type=Path, required=True, metavar="DATA", help="a dataset in a layout resdsl train "
+                   "reads (CIFAR python batches, or image folders DATA/train/<class>, DATA/val/<class>)")
+    e.add_argument("--split", choices=("test", "train"), default="test", help="which split (default: test / val)")
+    e.add_argument("--batch", type=int, metavar="N", help="images per call (default: up to 64, within the "
+                   "artefact's batch range)")
+    e.add_argument("--limit", type=int, metavar="N", help="the first N images only")
+    e.add_argument("--max-drop", type=float, metavar="POINTS", help="exit 1 when the artefact's top-1 falls more "
+                   "than this below the module's")
+    e.add_argument("--weights", type=Path, metavar="FILE", help="the weights file, if it moved since compile")
+    e.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads")
+    add_provider_flag(e)
+    e.add_argument("--json", action="store_true", help="machine-readable output (no progress lines)")
+    e.add_argument("-q", "--quiet", action="store_true", help="print no progress lines")
+    e.set_defaults(func=cmd_evaluate)

@@ -200,6 +200,29 @@ class BenchOptions:
             raise OptionError(f"{{threads}} {self.threads}: must be at least 1")
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """``data``: a dataset directory; ``split``: test (or val) or train; ``batch_size``: images per call (default: up to
+    64 within the artefact's range); ``limit``: the first N images only; ``max_drop``: top-1 budget in points."""
+
+    data: str | Path
+    split: str = "test"
+    batch_size: int | None = None
+    limit: int | None = None
+    max_drop: float | None = None
+    weights: Path | None = None
+    threads: int | None = None
+    providers: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.split not in ("test", "train"):
+            raise OptionError(f"{{split}} {self.split!r}: choose test (the dataset's test or val split) or train")
+        if (self.batch_size is not None and self.batch_size < 1) or (self.limit is not None and self.limit < 1):
+            raise OptionError(f"{{batch_size}} {self.batch_size}, {{limit}} {self.limit}: both must be at least 1")
+        if self.max_drop is not None and not 0 <= self.max_drop <= 100:
+            raise OptionError(f"{{max_drop}} {self.max_drop}: give points of top-1 between 0 and 100, e.g. 1")
+
+
 #: How the Python API names each option in messages; the CLI has its own table of flags.
 API_NAMES.update({
     **{f.name: f"CompileOptions.{f.name}" for f in fields(CompileOptions)},
@@ -207,5 +230,6 @@ API_NAMES.update({
     **{f.name: f"TrtOptions.{f.name}" for f in fields(TrtOptions)},
     **{f.name: f"AotiOptions.{f.name}" for f in fields(AotiOptions)},
     **{f.name: f"BenchOptions.{f.name}" for f in fields(BenchOptions)},
-    "providers": "providers (of resdsl.runtime.load, verify_artefact or BenchOptions)",
+    **{f: f"EvalOptions.{f}" for f in ("split", "limit", "max_drop", "batch_size")},
+    "providers": "providers (of resdsl.runtime.load, verify_artefact, BenchOptions or EvalOptions)",
 })

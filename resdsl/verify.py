@@ -237,8 +237,7 @@ def verify_artefact(directory: str | Path, *, weights: Path | None = None, batch
     m = mf.read(d)
     graph = expand(from_resolved(m.spec["resolved"], str(d / mf.NAME)))
     check(count(graph), str(d / mf.NAME), limits or Limits())
-    zero_init = m.spec["resolved"].get("zero_init_residual", False)
-    reference = Reference(lambda: _rebuild(graph, m, d, weights, zero_init))
+    reference = Reference(lambda: rebuild_module(graph, m, d, weights))
     reference.module  # noqa: B018  # built now: weights that cannot be reproduced are refused before anything runs
     recorded = tuple(dict.fromkeys(c["batch"] for c in (m.verification or {}).get("checks", [])))
     report = new_report(graph, m.precision, m.counts.macs)
@@ -251,8 +250,12 @@ def verify_artefact(directory: str | Path, *, weights: Path | None = None, batch
     return m, report
 
 
-def _rebuild(graph: Graph, m: Manifest, d: Path, weights: Path | None, zero_init: bool) -> Any:
+def rebuild_module(graph: Graph, m: Manifest, d: Path, weights: Path | None = None) -> Any:
+    """The eval-mode fp32 module an artefact was compiled from: its spec's graph with the manifest's weights
+    (the file, whose digest must match, or the seed's random weights, which this torch must reproduce)."""
     from .backends.torch import from_graph
+
+    zero_init = bool(m.spec["resolved"].get("zero_init_residual", False))
     from .weights import load_into, state_digest
 
     w = m.weights

@@ -1,0 +1,130 @@
+"""``resdsl evaluate``: accuracy on real labelled images (scikit-learn's digits) of artefacts compiled from a
+trained checkpoint (tests/data/digits-resnet20.md says how it was made), beside the fp32 module."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from resdsl import build
+from resdsl.cli import main
+from resdsl.options import EvalOptions
+from resdsl.pipeline import CompileOptions, compile_spec
+
+from .conftest import ROOT, SPECS
+
+CIFAR = SPECS / "cifar" / "resnet20.yaml"
+WEIGHTS = ROOT / "tests" / "data" / "digits-resnet20.pt"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-learn's digits (copied to tests/data/digits.npz), written as experiments/degradation.py does."""
+    sys.path.insert(0, str(ROOT))
+    from experiments.degradation import write_digits
+
+    arrays = np.load(ROOT / "tests" / "data" / "digits.npz")
+    return write_digits(tmp_path_factory.mktemp("digits") / "data", images=arrays["images"],
+                        targets=arrays["targets"])
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("eval")
+    return {p: compile_spec(CIFAR, CompileOptions(target="onnx", out=d / p, weights=WEIGHTS, precision=p,
+                                                  batch="1:16:64"))[0] for p in ("fp32", "fp16")}
+
+
+def _own_top1(data: Path) -> float:
+    """The oracle: the checkpoint in a module of the spec, the test batch unpickled here, preprocessed as
+    tests/data/digits-resnet20.md says training did (x / 255 - the stored per-pixel mean)."""
+    ck = torch.load(WEIGHTS, weights_only=True)
+    model = build(CIFAR).eval()
+    model.load_state_dict(ck["model"])
+    batch = pickle.loads((data / "test_batch").read_bytes())
+    x = torch.from_numpy(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)).float() / 255
+    with torch.no_grad():
+        pred = model(x - ck["pixel_mean"]).argmax(1).numpy()
+    return 100.0 * float((pred == np.asarray(batch[b"labels"])).mean())
+
+
+def test_fp32_onnx_equals_the_module_and_the_training_run(digits: Path, compiled: dict[str, Path]) -> None:
+    r = cli("evaluate", str(compiled["fp32"]), "--data", str(digits), "--json", "--max-drop", "0")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    ck = torch.load(WEIGHTS, weights_only=True)
+    assert doc["images"] == 300 and doc["split"] == "test" and doc["passed"] is True
+    assert doc["module"]["top1"] == pytest.approx(100 - ck["resdsl"]["test_error"])  # what resdsl train measured
+    assert doc["module"]["top1"] == pytest.approx(_own_top1(digits))
+    assert doc["artefact"] == doc["module"] and doc["agreement"] == 100.0 and doc["drop"] == 0.0
+    assert doc["module"]["top5"] >= doc["module"]["top1"] and "training checkpoint" in doc["preprocessing"]
+    assert (doc["backend"], doc["precision"]) == ("onnxruntime-cpu", "fp32")
+
+
+def test_fp16_loses_at_most_one_image_in_300(digits: Path, compiled: dict[str, Path]) -> None:
+    """On 300 images one flipped image is 0.33 points, so a 0.2-point budget means none may flip; measured here,
+    one low-margin image does (fp16 top-1 91.67% against 92.00%)."""
+    r = cli("evaluate", str(compiled["fp16"]), "--data", str(digits), "--max-drop", "0.34", "--batch", "7")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert "fp16" in lines[0] and "300 images" in lines[0]
+    assert lines[-1].startswith("top-1 agreement") and "(budget 0.34: ok)" in lines[-1]
+    assert float(lines[-1].split()[2].rstrip("%;")) >= 99.0
+
+
+def test_a_drop_beyond_the_budget_exits_1(digits: Path, compiled: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An artefact that computes something else (its logits reversed here) is caught by --max-drop."""
+    from resdsl.runtime import Artefact
+
+    real = Artefact.__call__
+    monkeypatch.setattr(Artefact, "__call__", lambda self, x: real(self, x)[:, ::-1].copy())
+    assert main(["evaluate", str(compiled["fp32"]), "--data", str(digits), "--max-drop", "1", "-q",
+                 "--limit", "60"]) == 1
+    out, err = capsys.readouterr()
+    assert "EXCEEDED" in out and "more than --max-drop 1" in err
+
+
+def test_bad_data_and_options(digits: Path, compiled: dict[str, Path], tmp_path: Path) -> None:
+    art = str(compiled["fp32"])
+    r = cli("evaluate", art, "--data", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "nowhere" in r.stderr and "no such directory" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = cli("evaluate", art, "--data", str(tmp_path / "empty"))
+    assert r.returncode == 2 and "empty" in r.stderr and "data_batch" in r.stderr
+    r = cli("evaluate", art, "--data", str(digits), "--batch", "65")
+    assert r.returncode == 2 and "--batch 65: outside" in r.stderr and "1..64" in r.stderr
+    r = cli("evaluate", art, "--data", str(digits), "--max-drop", "-1")
+    assert r.returncode == 2 and "--max-drop -1" in r.stderr
+    with pytest.raises(Exception, match=r"EvalOptions\.split"):
+        EvalOptions(data=digits, split="val")
+
+
+def test_random_weights_use_the_datas_own_mean(digits: Path, onnx_artefact: Any) -> None:
+    directory, _ = onnx_artefact(CIFAR)  # compiled with random weights: both sides equally untrained
+    r = cli("evaluate", str(directory), "--data", str(digits), "--limit", "40", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["images"] == 40 and "the data's training split" in doc["preprocessing"]
+    assert doc["agreement"] == 100.0 and doc["drop"] == 0.0
+
+
+def test_torch_artefact(digits: Path, tmp_path: Path) -> None:
+    out, _ = compile_spec(CIFAR, CompileOptions(target="torch", out=tmp_path / "t", weights=WEIGHTS, batch=8))
+    r = cli("evaluate", str(out), "--data", str(digits), "--limit", "20", "--json")  # fixed batch 8: 8+8+4 padded
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["images"] == 20 and doc["backend"] == "torch" and doc["artefact"] == doc["module"]
