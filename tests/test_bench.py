@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +12,26 @@ import onnxruntime as ort
 import pytest
 
 from resdsl.benchmark import bench, stats, timed
+from resdsl.cli import main
 from resdsl.errors import OptionError
 from resdsl.options import BenchOptions
 from resdsl.pipeline import CompileOptions, compile_spec
 
-from .conftest import ROOT, SPECS
+from .conftest import SPECS
 
 CIFAR = SPECS / "cifar" / "resnet20.yaml"
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Any:
+    """``resdsl ARGS`` in this process (no interpreter start per call): exit code, stdout, stderr."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 def test_statistics_of_known_runs() -> None:
@@ -44,7 +51,7 @@ def test_iterations_or_duration_bound_the_timed_runs() -> None:
     assert len(runs) == len(calls) - start >= 1 and sum(runs) <= 0.05 + max(runs) + 0.05
 
 
-def test_onnx_artefact_json_says_what_it_measured(onnx_artefact: Any) -> None:
+def test_onnx_artefact_json_says_what_it_measured(cli: Any, onnx_artefact: Any) -> None:
     directory, manifest = onnx_artefact(CIFAR)
     r = cli("bench", str(directory), "--batch", "1,3", "--iterations", "5", "--warmup", "1", "--threads", "1",
             "--json")
@@ -66,7 +73,7 @@ def test_onnx_artefact_json_says_what_it_measured(onnx_artefact: Any) -> None:
         assert row["h2d_ms"] is None and row["peak_fraction"] is None
 
 
-def test_table_and_default_batch(onnx_artefact: Any) -> None:
+def test_table_and_default_batch(cli: Any, onnx_artefact: Any) -> None:
     directory, manifest = onnx_artefact(CIFAR)
     r = cli("bench", str(directory), "--iterations", "3", "--warmup", "0")
     assert r.returncode == 0, r.stderr
@@ -97,7 +104,7 @@ def test_timing_agrees_with_calling_the_artefact(onnx_artefact: Any) -> None:
     assert lat.min_ms / 3 <= float(np.median(direct)) * 1e3 <= lat.max_ms * 3
 
 
-def test_refusals(onnx_artefact: Any, tmp_path: Path) -> None:
+def test_refusals(cli: Any, onnx_artefact: Any, tmp_path: Path) -> None:
     directory, manifest = onnx_artefact(CIFAR)
     r = cli("bench", str(directory), "--batch", f"1,{manifest.batch.max + 1}")
     assert r.returncode == 2 and f"--batch {manifest.batch.max + 1}: outside" in r.stderr
@@ -115,7 +122,8 @@ def test_refusals(onnx_artefact: Any, tmp_path: Path) -> None:
         BenchOptions(iterations=3, duration=1.0)
 
 
-def test_cpu_provider_is_honoured_and_other_targets_refuse_providers(onnx_artefact: Any, tmp_path: Path) -> None:
+def test_cpu_provider_is_honoured_and_other_targets_refuse_providers(cli: Any, onnx_artefact: Any,
+                                                                     tmp_path: Path) -> None:
     from resdsl.runtime import load
 
     directory, _ = onnx_artefact(CIFAR)
@@ -135,7 +143,7 @@ def test_cpu_provider_is_honoured_and_other_targets_refuse_providers(onnx_artefa
 
 
 @pytest.mark.trt
-def test_tensorrt_engine_timed_on_the_device(tmp_path: Path) -> None:
+def test_tensorrt_engine_timed_on_the_device(cli: Any, tmp_path: Path) -> None:
     """GPU + TensorRT only: compute timed with the input in device memory, with and without a CUDA graph, and
     the copies on their own; the GPU's peak fraction given when the GPU is in the table."""
     from resdsl.backends import trt_build

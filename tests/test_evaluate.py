@@ -25,9 +25,16 @@ CIFAR = SPECS / "cifar" / "resnet20.yaml"
 WEIGHTS = ROOT / "tests" / "data" / "digits-resnet20.pt"
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Any:
+    """``resdsl ARGS`` in this process (no interpreter start per call): exit code, stdout, stderr."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +68,8 @@ def _own_top1(data: Path) -> float:
     return 100.0 * float((pred == np.asarray(batch[b"labels"])).mean())
 
 
-def test_fp32_onnx_equals_the_module_and_the_training_run(digits: Path, compiled: dict[str, Path]) -> None:
+def test_fp32_onnx_equals_the_module_and_the_training_run(cli: Any, digits: Path,
+                                                         compiled: dict[str, Path]) -> None:
     r = cli("evaluate", str(compiled["fp32"]), "--data", str(digits), "--json", "--max-drop", "0")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -74,7 +82,7 @@ def test_fp32_onnx_equals_the_module_and_the_training_run(digits: Path, compiled
     assert (doc["backend"], doc["precision"]) == ("onnxruntime-cpu", "fp32")
 
 
-def test_fp16_loses_at_most_one_image_in_300(digits: Path, compiled: dict[str, Path]) -> None:
+def test_fp16_loses_at_most_one_image_in_300(cli: Any, digits: Path, compiled: dict[str, Path]) -> None:
     """On 300 images one flipped image is 0.33 points, so a 0.2-point budget means none may flip; measured here,
     one low-margin image does (fp16 top-1 91.67% against 92.00%)."""
     r = cli("evaluate", str(compiled["fp16"]), "--data", str(digits), "--max-drop", "0.34", "--batch", "7")
@@ -98,7 +106,7 @@ def test_a_drop_beyond_the_budget_exits_1(digits: Path, compiled: dict[str, Path
     assert "EXCEEDED" in out and "more than --max-drop 1" in err
 
 
-def test_bad_data_and_options(digits: Path, compiled: dict[str, Path], tmp_path: Path) -> None:
+def test_bad_data_and_options(cli: Any, digits: Path, compiled: dict[str, Path], tmp_path: Path) -> None:
     art = str(compiled["fp32"])
     r = cli("evaluate", art, "--data", str(tmp_path / "nowhere"))
     assert r.returncode == 2 and "nowhere" in r.stderr and "no such directory" in r.stderr
@@ -113,7 +121,7 @@ def test_bad_data_and_options(digits: Path, compiled: dict[str, Path], tmp_path:
         EvalOptions(data=digits, split="val")
 
 
-def test_random_weights_use_the_datas_own_mean(digits: Path, onnx_artefact: Any) -> None:
+def test_random_weights_use_the_datas_own_mean(cli: Any, digits: Path, onnx_artefact: Any) -> None:
     directory, _ = onnx_artefact(CIFAR)  # compiled with random weights: both sides equally untrained
     r = cli("evaluate", str(directory), "--data", str(digits), "--limit", "40", "--json")
     assert r.returncode == 0, r.stderr
@@ -122,7 +130,7 @@ def test_random_weights_use_the_datas_own_mean(digits: Path, onnx_artefact: Any)
     assert doc["agreement"] == 100.0 and doc["drop"] == 0.0
 
 
-def test_torch_artefact(digits: Path, tmp_path: Path) -> None:
+def test_torch_artefact(cli: Any, digits: Path, tmp_path: Path) -> None:
     out, _ = compile_spec(CIFAR, CompileOptions(target="torch", out=tmp_path / "t", weights=WEIGHTS, batch=8))
     r = cli("evaluate", str(out), "--data", str(digits), "--limit", "20", "--json")  # fixed batch 8: 8+8+4 padded
     assert r.returncode == 0, r.stderr
