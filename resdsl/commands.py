@@ -25,7 +25,8 @@ FLAGS = {"target": "--target", "out": "-o", "weights": "--weights", "precision":
          "tf32": "--tf32", "version_compatible": "--version-compatible", "device": "--device",
          "providers": "--provider", "batches": "--batch", "warmup": "--warmup", "iterations": "--iterations",
          "duration": "--duration", "threads": "--threads", "cuda_graph": "--cuda-graph", "split": "--split",
-         "limit": "--limit", "max_drop": "--max-drop", "batch_size": "--batch"}
+         "limit": "--limit", "max_drop": "--max-drop", "batch_size": "--batch", "eval_data": "--eval-data",
+         "eval_max_drop": "--max-drop"}
 _TRT = ("workspace_mib", "opt_level", "timing_cache", "tf32", "version_compatible")
 
 
@@ -55,7 +56,8 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
                           io=args.io, batch=args.batch, opset=args.opset, force=args.force, seed=args.seed,
                           verify_batches=batch_list(args.verify_batch), limits=limits(args),
                           trt=TrtOptions(**given) if given else None,
-                          aoti=AotiOptions(args.device) if args.device is not None else None)
+                          aoti=AotiOptions(args.device) if args.device is not None else None,
+                          eval_data=args.eval_data, eval_max_drop=args.max_drop)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -170,6 +172,10 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--opset", type=int, default=18, help="ONNX opset (17 or newer; default 18)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random init without --weights, and of the "
                    "verification inputs")
+    c.add_argument("--eval-data", type=Path, metavar="DATA", help="labelled images (a layout resdsl train reads): "
+                   "the artefact's top-1 on their test split is checked against the fp32 module's, and recorded")
+    c.add_argument("--max-drop", type=float, metavar="POINTS", help="with --eval-data: the top-1 budget (default "
+                   "0.2 points); more refuses the artefact")
     c.add_argument("--verify-batch", metavar="N,N,...", help="batch sizes to verify at (default: MIN, MIN+2, and "
                    "MAX when MAX <= 8)")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")

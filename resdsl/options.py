@@ -115,6 +115,10 @@ DEFAULT_LIMITS = Limits()
 TARGET_GROUPS = {"trt": "trt", "aoti": "aoti"}
 
 
+#: How many points of top-1 on labelled images an artefact may lose against the fp32 module by default.
+DEFAULT_MAX_DROP = {"fp32": 0.2, "fp16": 0.2}
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     """Everything ``compile`` takes besides the spec. ``batch`` may be given as text (``"1:8:32"``)."""
@@ -132,11 +136,13 @@ class CompileOptions:
     limits: Limits = field(default_factory=Limits)
     trt: TrtOptions | None = None          # trt target only; None: the defaults
     aoti: AotiOptions | None = None        # aoti target only; None: the defaults
+    eval_data: Path | None = None          # labelled images: the artefact's top-1 is checked against the module's
+    eval_max_drop: float | None = None     # with eval_data: the top-1 budget in points; None: DEFAULT_MAX_DROP
 
     def __post_init__(self) -> None:
         if isinstance(self.batch, (str, int)) and not isinstance(self.batch, bool):
             object.__setattr__(self, "batch", BatchProfile.parse(str(self.batch)))
-        for name in ("out", "weights"):
+        for name in ("out", "weights", "eval_data"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
@@ -151,6 +157,9 @@ class CompileOptions:
             raise OptionError(f"{{opset}} {self.opset!r}: resdsl exports ONNX opset 17 or newer")
         if not _int(self.seed):
             raise OptionError(f"{{seed}} {self.seed!r}: give an integer")
+        if self.eval_max_drop is not None and (self.eval_data is None or not 0 <= self.eval_max_drop <= 100):
+            raise OptionError(f"{{eval_max_drop}} {self.eval_max_drop}: a top-1 budget in points (0 to 100) for the "
+                              "accuracy check, which needs {eval_data}")
         if not all(_int(b) and b >= 1 for b in self.verify_batches):
             raise OptionError(f"{{verify_batches}} {self.verify_batches!r}: give batch sizes >= 1, like 1,3,8")
         for group, owner in TARGET_GROUPS.items():
@@ -160,6 +169,11 @@ class CompileOptions:
                 names = ", ".join(f"{{{n}}}" for n in given) or f"the {group} options"
                 raise OptionError(f"{names}: only the {owner} target takes these, and {{target}} is "
                                   f"{self.target!r}; drop them or compile with {{target}} {owner}")
+
+    @property
+    def max_drop(self) -> float:
+        """The top-1 budget of the accuracy check, in points."""
+        return DEFAULT_MAX_DROP[self.precision] if self.eval_max_drop is None else self.eval_max_drop
 
     @property
     def trt_options(self) -> TrtOptions:

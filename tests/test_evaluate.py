@@ -136,3 +136,29 @@ def test_torch_artefact(cli: Any, digits: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["images"] == 20 and doc["backend"] == "torch" and doc["artefact"] == doc["module"]
+
+
+def test_compile_checks_accuracy_and_records_it(digits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """compile --eval-data: the accuracy goes into the manifest's verification; beyond the budget nothing is
+    written and the exit code is 1."""
+    from resdsl.manifest import read
+    from resdsl.runtime import Artefact
+
+    out = tmp_path / "ok"
+    assert main(["compile", str(CIFAR), "-o", str(out), "--weights", str(WEIGHTS), "--eval-data", str(digits),
+                 "-q"]) == 0
+    acc = read(out).verification["accuracy"]  # type: ignore[index]
+    assert acc["module"]["top1"] == pytest.approx(92.0) and acc["artefact"] == acc["module"] and acc["passed"]
+    assert (acc["images"], acc["max_drop"], acc["drop"]) == (300, 0.2, 0.0)
+
+    real = Artefact.__call__
+    monkeypatch.setattr(Artefact, "__call__", lambda self, x: real(self, x)[:, ::-1].copy())
+    capsys.readouterr()
+    assert main(["compile", str(CIFAR), "-o", str(tmp_path / "bad"), "--weights", str(WEIGHTS), "--eval-data",
+                 str(digits), "--max-drop", "5", "-q"]) == 1
+    assert "more than the budget of 5 points; nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists() and [p.name for p in tmp_path.iterdir()] == ["ok"]
+    assert main(["compile", str(CIFAR), "-o", str(tmp_path / "x"), "--max-drop", "1", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-drop 1.0: a top-1 budget" in err and "needs --eval-data" in err
