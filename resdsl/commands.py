@@ -154,7 +154,12 @@ def _common(p: Any) -> None:
 
 
 def add_commands(sub: Any) -> None:
-    """Register ``compile`` and ``verify``."""
+    """Register ``compile``, ``verify``, ``bench`` and ``evaluate``."""
+    for add in (_add_compile, _add_verify, _add_bench, _add_evaluate):
+        add(sub)
+
+
+def _add_compile(sub: Any) -> None:
     from .backends.base import TARGETS
 
     c = sub.add_parser("compile", help="lower a spec to an artefact directory and verify it")
@@ -193,6 +198,8 @@ def add_commands(sub: Any) -> None:
                    "when torch sees a GPU)")
     c.set_defaults(func=cmd_compile)
 
+
+def _add_verify(sub: Any) -> None:
     v = sub.add_parser("verify", help="re-hash an artefact and check it against its spec and weights")
     v.add_argument("directory", metavar="DIR")
     v.add_argument("--weights", type=Path, metavar="FILE", help="the weights file, if it moved since compile")
@@ -203,6 +210,8 @@ def add_commands(sub: Any) -> None:
     _common(v)
     v.set_defaults(func=cmd_verify)
 
+
+def _add_bench(sub: Any) -> None:
     b = sub.add_parser("bench", help="latency and throughput of an artefact at given batch sizes")
     b.add_argument("directory", metavar="DIR")
     b.add_argument("--batch", metavar="N,N,...", help="batch sizes within the artefact's range (default: its opt)")
@@ -217,6 +226,8 @@ def add_commands(sub: Any) -> None:
     b.add_argument("-q", "--quiet", action="store_true", help="print no progress lines")
     b.set_defaults(func=cmd_bench)
 
+
+def _add_evaluate(sub: Any) -> None:
     e = sub.add_parser("evaluate", help="top-1/top-5 of an artefact on labelled images, beside its fp32 module")
     e.add_argument("directory", metavar="DIR")
     e.add_argument("--data", type=Path, required=True, metavar="DATA", help="a dataset in a layout resdsl train "
