@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,17 @@ def onnx_artefact(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], 
         return compiled[spec]
 
     return get
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``cli(*ARGS)``: ``resdsl ARGS`` in this process (no interpreter start per call), as a CompletedProcess with
+    the exit code, stdout and stderr. Tests of the console script itself start a process instead."""
+    from resdsl.cli import main
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run

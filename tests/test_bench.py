@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,6 @@ import onnxruntime as ort
 import pytest
 
 from resdsl.benchmark import bench, stats, timed
-from resdsl.cli import main
 from resdsl.errors import OptionError
 from resdsl.options import BenchOptions
 from resdsl.pipeline import CompileOptions, compile_spec
@@ -20,18 +18,6 @@ from resdsl.pipeline import CompileOptions, compile_spec
 from .conftest import SPECS
 
 CIFAR = SPECS / "cifar" / "resnet20.yaml"
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Any:
-    """``resdsl ARGS`` in this process (no interpreter start per call): exit code, stdout, stderr."""
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
 
 
 def test_statistics_of_known_runs() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,6 @@ from .conftest import ROOT, SPECS
 
 CIFAR = SPECS / "cifar" / "resnet20.yaml"
 WEIGHTS = ROOT / "tests" / "data" / "digits-resnet20.pt"
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Any:
-    """``resdsl ARGS`` in this process (no interpreter start per call): exit code, stdout, stderr."""
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
 
 
 @pytest.fixture(scope="module")
