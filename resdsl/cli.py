@@ -88,6 +88,14 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 2 if errors else 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of spec files (for editors: ``# yaml-language-server: $schema=...``)."""
+    from importlib import resources
+
+    sys.stdout.write(resources.files("resdsl").joinpath("schemas/spec.schema.json").read_text())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resdsl", description="Compile ResNet specs (YAML, Table 1 of He et al. 2015) "
                                 "into verified PyTorch, ONNX and TensorRT artefacts.")
@@ -111,6 +119,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("specs", nargs="+", metavar="SPEC")
     t.add_argument("--unit", choices=("macs", "flops"), default="macs")
     t.set_defaults(func=cmd_table)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of spec files, for editors and CI checks")
+    s.set_defaults(func=cmd_schema)
 
     from .listing import add_list_command  # list: analytic counts, no torch
 
