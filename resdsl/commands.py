@@ -26,7 +26,8 @@ FLAGS = {"target": "--target", "out": "-o", "weights": "--weights", "precision":
          "providers": "--provider", "batches": "--batch", "warmup": "--warmup", "iterations": "--iterations",
          "duration": "--duration", "threads": "--threads", "cuda_graph": "--cuda-graph", "split": "--split",
          "limit": "--limit", "max_drop": "--max-drop", "batch_size": "--batch", "eval_data": "--eval-data",
-         "eval_max_drop": "--max-drop"}
+         "eval_max_drop": "--max-drop", "calibration": "--calibration", "calibration_samples": "--calibration-samples",
+         "calibration_method": "--calibration-method", "quant_scheme": "--quant-scheme"}
 _TRT = ("workspace_mib", "opt_level", "timing_cache", "tf32", "version_compatible")
 
 
@@ -57,7 +58,9 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
                           verify_batches=batch_list(args.verify_batch), limits=limits(args),
                           trt=TrtOptions(**given) if given else None,
                           aoti=AotiOptions(args.device) if args.device is not None else None,
-                          eval_data=args.eval_data, eval_max_drop=args.max_drop)
+                          eval_data=args.eval_data, eval_max_drop=args.max_drop, calibration=args.calibration,
+                          calibration_samples=args.calibration_samples, calibration_method=args.calibration_method,
+                          quant_scheme=args.quant_scheme)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -168,8 +171,17 @@ def _add_compile(sub: Any) -> None:
     c.add_argument("-o", "--output", type=Path, metavar="DIR", help="artefact directory (default build/NAME)")
     c.add_argument("--weights", type=Path, metavar="FILE",
                    help="a resdsl checkpoint or a PyTorch state_dict (torchvision's included)")
-    c.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="fp16 makes the ONNX graph itself float16 (how TensorRT 11 takes reduced precision)")
+    c.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="fp16 makes the ONNX graph itself float16 (how TensorRT 11 takes reduced precision); int8 "
+                   "(onnx target) adds Q/DQ nodes with scales from --calibration")
+    c.add_argument("--calibration", type=Path, metavar="DATA", help="int8: labelled images (a layout resdsl train "
+                   "reads); the scales come from its training split, the accuracy check uses its test split")
+    c.add_argument("--calibration-samples", type=int, default=512, metavar="N", help="int8: training images to "
+                   "calibrate on (default 512)")
+    c.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"), default="minmax",
+                   help="int8: how activation ranges are chosen (default minmax)")
+    c.add_argument("--quant-scheme", choices=("ort", "trt"), default="ort", help="int8: ort (uint8 activations: "
+                   "ONNX Runtime's fast CPU path) or trt (symmetric int8, zero points 0: what TensorRT accepts)")
     c.add_argument("--io", choices=("fp32", "fp16"), default="fp32", help="dtype of input and logits (fp16 needs "
                    "--precision fp16)")
     c.add_argument("--batch", default="1:1:32", metavar="MIN:OPT:MAX|N",

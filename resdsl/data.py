@@ -270,3 +270,20 @@ class Sampler:
         if first == last:
             return self.perm(first)[pos]
         return torch.cat([self.perm(e)[pos[epoch == e]] for e in range(first, last + 1)])
+
+
+def training_mean(weights: Path | None, ds: Dataset) -> tuple[torch.Tensor, str]:
+    """The per-pixel mean inputs are centred with (``x / 255 - mean``, as ``resdsl train`` does), and where it came
+    from: the one stored in a resdsl training checkpoint ``weights``, else the mean of ``ds``'s training split."""
+    if weights is not None and weights.is_file():
+        try:
+            ck = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception:
+            ck = None
+        mean = ck.get("pixel_mean") if isinstance(ck, dict) else None
+        if isinstance(mean, torch.Tensor):
+            if tuple(mean.shape) != tuple(ds.train_x.shape[1:]):
+                raise InputError(f"{weights}: its pixel_mean has shape {list(mean.shape)} but the images are "
+                                 f"{list(ds.train_x.shape[1:])}; use data of the size it was trained on")
+            return mean.float(), f"the training checkpoint {weights}"
+    return ds.pixel_mean(), "the data's training split"

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, OptionError
+from .errors import OptionError
 from .options import EvalOptions
 from .progress import Progress
 
@@ -72,7 +72,7 @@ def evaluate(directory: str | Path, options: EvalOptions, progress: Progress | N
     """Run the artefact in ``directory`` and its fp32 module over ``options.data``; see the module docstring."""
     import torch
 
-    from .data import load_dataset
+    from .data import load_dataset, training_mean
     from .expand import expand
     from .runtime import load
     from .spec import from_resolved
@@ -87,7 +87,7 @@ def evaluate(directory: str | Path, options: EvalOptions, progress: Progress | N
         ds = load_dataset(options.data, classes=spec.classes, size=spec.in_size, channels=spec.in_channels)
     with progress.step("rebuilding the fp32 module"):
         module = rebuild_module(expand(spec), m, d, options.weights)
-    mean, where = _pixel_mean(m.weights, options.weights, ds)
+    mean, where = training_mean(options.weights or _weights_file(m.weights), ds)
     x_all, y_all = (ds.test_x, ds.test_y) if options.split == "test" else (ds.train_x, ds.train_y)
     if options.limit is not None:
         x_all, y_all = x_all[:options.limit], y_all[:options.limit]
@@ -128,21 +128,5 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
     return Accuracy(100.0 * float((top[:, 0] == labels).mean()), 100.0 * float((top == labels[:, None]).any(1).mean()))
 
 
-def _pixel_mean(weights: dict[str, Any], override: Path | None, ds: Any) -> tuple[Any, str]:
-    """The mean the weights were trained with when their checkpoint records it, else DATA's training split's."""
-    import torch
-
-    path = override or (Path(weights["path"]) if weights.get("kind") == "file" else None)
-    if path is not None and path.is_file():
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            ck = None
-        mean = ck.get("pixel_mean") if isinstance(ck, dict) else None
-        if isinstance(mean, torch.Tensor):
-            if tuple(mean.shape) != tuple(ds.train_x.shape[1:]):
-                raise InputError(f"{path}: its pixel_mean has shape {list(mean.shape)} but the images are "
-                                 f"{list(ds.train_x.shape[1:])}; evaluate on data of the size it was trained on")
-            return mean.float(), f"the training checkpoint {path}"
-    return ds.pixel_mean(), "the data's training split"
-
+def _weights_file(weights: dict[str, Any]) -> Path | None:
+    return Path(weights["path"]) if weights.get("kind") == "file" else None

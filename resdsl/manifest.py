@@ -28,7 +28,7 @@ from .version import __version__
 SCHEMA = "resdsl.manifest/1"
 NAME = "manifest.json"
 #: Sections a target owns, keyed by the section's name in the file.
-SECTIONS = ("export", "trt", "aoti")
+SECTIONS = ("export", "quantization", "trt", "aoti")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Manifest:
     precision: str
     counts: Counts
     versions: dict[str, str]
-    sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # "export", "trt", "aoti": target-owned
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # SECTIONS: target-owned
     verification: dict[str, Any] | None = None
 
     @property

@@ -14,7 +14,10 @@ from pathlib import Path
 
 from .errors import API_NAMES, OptionError
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+IO_DTYPES = ("fp32", "fp16")
+QUANT_SCHEMES = ("ort", "trt")  # int8 ONNX for ONNX Runtime's fast CPU path, or TensorRT-legal symmetric Q/DQ
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 #: The default size limits admit every network in the papers with room to spare (the largest,
 #: wide_resnet101_2, has 0.13e9 parameters and 22.8 GMACs).
 DEFAULT_MAX_PARAMS = 2_000_000_000  # 8 GB of float32 weights
@@ -116,7 +119,7 @@ TARGET_GROUPS = {"trt": "trt", "aoti": "aoti"}
 
 
 #: How many points of top-1 on labelled images an artefact may lose against the fp32 module by default.
-DEFAULT_MAX_DROP = {"fp32": 0.2, "fp16": 0.2}
+DEFAULT_MAX_DROP = {"fp32": 0.2, "fp16": 0.2, "int8": 1.0}
 
 
 @dataclass(frozen=True)
@@ -138,28 +141,34 @@ class CompileOptions:
     aoti: AotiOptions | None = None        # aoti target only; None: the defaults
     eval_data: Path | None = None          # labelled images: the artefact's top-1 is checked against the module's
     eval_max_drop: float | None = None     # with eval_data: the top-1 budget in points; None: DEFAULT_MAX_DROP
+    calibration: Path | None = None        # int8: labelled images; the train split calibrates, the test split checks
+    calibration_samples: int = 512         # int8: training images the scales are computed from
+    calibration_method: str = "minmax"     # int8: minmax, percentile or entropy (ONNX Runtime's calibrators)
+    quant_scheme: str = "ort"              # int8: "ort" (uint8 activations, ONNX Runtime's CPU kernels) or "trt"
 
     def __post_init__(self) -> None:
         if isinstance(self.batch, (str, int)) and not isinstance(self.batch, bool):
             object.__setattr__(self, "batch", BatchProfile.parse(str(self.batch)))
-        for name in ("out", "weights", "eval_data"):
+        for name in ("out", "weights", "eval_data", "calibration"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
         if not isinstance(self.batch, BatchProfile):
             raise OptionError(f"{{batch}} {self.batch!r}: give a BatchProfile, a size N or text MIN:OPT:MAX")
         if self.precision not in PRECISIONS:
-            raise OptionError(f"{{precision}} {self.precision!r}: choose fp32 or fp16")
-        if self.io not in PRECISIONS or (self.io == "fp16" and self.precision != "fp16"):
+            raise OptionError(f"{{precision}} {self.precision!r}: choose fp32, fp16 or int8")
+        self._check_int8()
+        if self.io not in IO_DTYPES or (self.io == "fp16" and self.precision != "fp16"):
             raise OptionError(f"{{io}} {self.io!r}: fp16 inputs and outputs need {{precision}} fp16; "
                               "the default is fp32")
         if not _int(self.opset) or self.opset < 17:
             raise OptionError(f"{{opset}} {self.opset!r}: resdsl exports ONNX opset 17 or newer")
         if not _int(self.seed):
             raise OptionError(f"{{seed}} {self.seed!r}: give an integer")
-        if self.eval_max_drop is not None and (self.eval_data is None or not 0 <= self.eval_max_drop <= 100):
+        if self.eval_max_drop is not None and ((self.eval_data is None and self.calibration is None)
+                                               or not 0 <= self.eval_max_drop <= 100):
             raise OptionError(f"{{eval_max_drop}} {self.eval_max_drop}: a top-1 budget in points (0 to 100) for the "
-                              "accuracy check, which needs {eval_data}")
+                              "accuracy check, which needs {eval_data} (or {calibration})")
         if not all(_int(b) and b >= 1 for b in self.verify_batches):
             raise OptionError(f"{{verify_batches}} {self.verify_batches!r}: give batch sizes >= 1, like 1,3,8")
         for group, owner in TARGET_GROUPS.items():
@@ -169,6 +178,27 @@ class CompileOptions:
                 names = ", ".join(f"{{{n}}}" for n in given) or f"the {group} options"
                 raise OptionError(f"{names}: only the {owner} target takes these, and {{target}} is "
                                   f"{self.target!r}; drop them or compile with {{target}} {owner}")
+
+    def _check_int8(self) -> None:
+        if (self.precision == "int8") != (self.calibration is not None):
+            raise OptionError("{precision} int8 and {calibration} go together: int8 scales are computed from "
+                              "labelled images (a layout resdsl train reads), and only int8 uses them")
+        if self.quant_scheme not in QUANT_SCHEMES or self.calibration_method not in CALIBRATION_METHODS:
+            raise OptionError(f"{{quant_scheme}} {self.quant_scheme!r}, {{calibration_method}} "
+                              f"{self.calibration_method!r}: choose a scheme from {', '.join(QUANT_SCHEMES)} and a "
+                              f"method from {', '.join(CALIBRATION_METHODS)}")
+        if self.precision != "int8" and (self.calibration_samples, self.calibration_method, self.quant_scheme) != (
+                512, "minmax", "ort"):
+            raise OptionError("{calibration_samples}, {calibration_method} and {quant_scheme} apply to {precision} "
+                              "int8 only; drop them")
+        if not _int(self.calibration_samples) or self.calibration_samples < 1:
+            raise OptionError(f"{{calibration_samples}} {self.calibration_samples!r}: give a number of images >= 1")
+
+    @property
+    def accuracy_data(self) -> Path | None:
+        """Where the accuracy check's images come from: ``eval_data``, else (int8) the calibration data, whose
+        test split the scales never saw."""
+        return self.eval_data if self.eval_data is not None else self.calibration
 
     @property
     def max_drop(self) -> float:

@@ -65,7 +65,7 @@ def compile_spec(spec_path: str | Path, opts: CompileOptions, progress: Progress
             raise VerificationError(_failure(spec_path, report))
         manifest = manifest.with_(verification=report.to_dict())
         mf.write(stage, manifest)
-        if opts.eval_data is not None:
+        if opts.accuracy_data is not None:
             manifest = _accuracy_check(stage, manifest, opts, spec_path, progress)
             mf.write(stage, manifest)
     return out, manifest
@@ -78,16 +78,17 @@ def _accuracy_check(stage: Path, manifest: mf.Manifest, opts: CompileOptions, sp
     from .evaluate import evaluate
     from .options import EvalOptions
 
-    assert opts.eval_data is not None
-    r = evaluate(stage, EvalOptions(data=opts.eval_data, max_drop=opts.max_drop, weights=opts.weights),
+    data = opts.accuracy_data
+    assert data is not None
+    r = evaluate(stage, EvalOptions(data=data, max_drop=opts.max_drop, weights=opts.weights),
                  progress)
     progress.note(f"  top-1 on {r.images} {r.split} images: module {r.module.top1:.2f}%, {r.backend} "
                   f"{r.artefact.top1:.2f}% (drop {r.drop:+.2f} points, budget {opts.max_drop:g})")
-    accuracy = {"data": str(opts.eval_data), "split": r.split, "images": r.images, "module": asdict(r.module),
+    accuracy = {"data": str(data), "split": r.split, "images": r.images, "module": asdict(r.module),
                 "artefact": asdict(r.artefact), "agreement": r.agreement, "drop": r.drop, "max_drop": opts.max_drop,
                 "preprocessing": r.preprocessing, "passed": r.passed}
     if not r.passed:
-        raise VerificationError(f"{spec_path}: the {manifest.precision} artefact's top-1 on {opts.eval_data} is "
+        raise VerificationError(f"{spec_path}: the {manifest.precision} artefact's top-1 on {data} is "
                                 f"{r.drop:.2f} points below the fp32 module's ({r.artefact.top1:.2f}% against "
                                 f"{r.module.top1:.2f}%), more than the budget of {opts.max_drop:g} points; nothing "
                                 "was written. Compile at a higher precision, or give a larger budget (--max-drop)")

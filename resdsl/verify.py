@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 class Tolerance:
     """Limits for one precision: normalised max error, and top-1 agreement on decisive samples."""
 
-    rel: float
+    rel: float | None  # None: not checked (int8, judged on labelled images instead)
     top1: float = 1.0
 
     def to_dict(self) -> dict[str, float]:
@@ -45,7 +45,10 @@ class Tolerance:
 #: fp16: float16 keeps ~3 decimal digits and errors grow with depth; 3e-2 of the largest
 #: logit holds for the specs in specs/ (measured: tests/test_pipeline.py) and still catches a
 #: wrong layer, which moves logits by tens of percent.
-TOLERANCES = {"fp32": Tolerance(rel=1e-4), "fp16": Tolerance(rel=3e-2)}
+#: int8: scales are calibrated on real images, and random inputs lie far outside their ranges, so the random-input
+#: check only asks for the right shape and finite logits; int8 is judged by its top-1 on labelled images against
+#: the fp32 module (the accuracy check compile always runs for int8).
+TOLERANCES = {"fp32": Tolerance(rel=1e-4), "fp16": Tolerance(rel=3e-2), "int8": Tolerance(rel=None, top1=0.0)}
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,8 @@ class Report:
             out.append(f"flops: analytic {f['analytic_macs']:,} MACs, traced {f['traced_macs']:,}: "
                        f"{'ok' if f['passed'] else 'MISMATCH'}")
         for c in self.checks:
-            out.append(f"{c.backend} batch {c.batch}: rel err {c.rel:.2e} (tol {self.tolerance.rel:.0e}), "
+            tol = "not checked" if self.tolerance.rel is None else f"tol {self.tolerance.rel:.0e}"
+            out.append(f"{c.backend} batch {c.batch}: rel err {c.rel:.2e} ({tol}), "
                        f"top-1 agree {c.top1_agree:.0%} of {c.decisive} decisive: {'ok' if c.passed else 'FAILED'}")
         if self.divergence:
             d = self.divergence
@@ -109,7 +113,8 @@ def compare(out: np.ndarray, ref: np.ndarray, tol: Tolerance, backend: str) -> C
     decisive = margin > 2 * max_abs
     agree = (out64.argmax(1) == ref64.argmax(1))[decisive]
     top1 = float(agree.mean()) if agree.size else 1.0
-    ok = out.shape == ref.shape and bool(np.isfinite(out64).all()) and rel <= tol.rel and top1 >= tol.top1
+    ok = (out.shape == ref.shape and bool(np.isfinite(out64).all()) and (tol.rel is None or rel <= tol.rel)
+          and top1 >= tol.top1)
     return Check(backend, int(ref.shape[0]), max_abs, rel, top1, int(decisive.sum()), ok)
 
 
@@ -139,7 +144,7 @@ def localise(graph: Graph, reference: Callable[[list[str], np.ndarray], dict[str
             if a.shape != b.shape:
                 return {"name": node.name, "label": node.label, "rel": float("inf"), "reason": "shape"}
             rel = float(np.abs(a - b).max()) / max(float(np.abs(b).max()), 1e-12)
-            if rel > tol.rel or not np.isfinite(a).all():
+            if (tol.rel is not None and rel > tol.rel) or not np.isfinite(a).all():
                 return {"name": node.name, "label": node.label, "rel": rel}
     return None
 

@@ -74,3 +74,18 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.Complete
         return subprocess.CompletedProcess(args, code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-learn's digits (copied to tests/data/digits.npz), written as experiments/degradation.py does."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from experiments.degradation import write_digits
+
+    arrays = np.load(ROOT / "tests" / "data" / "digits.npz")
+    return write_digits(tmp_path_factory.mktemp("digits") / "data", images=arrays["images"],
+                        targets=arrays["targets"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,6 @@ from .conftest import ROOT, SPECS
 
 CIFAR = SPECS / "cifar" / "resnet20.yaml"
 WEIGHTS = ROOT / "tests" / "data" / "digits-resnet20.pt"
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """scikit-learn's digits (copied to tests/data/digits.npz), written as experiments/degradation.py does."""
-    sys.path.insert(0, str(ROOT))
-    from experiments.degradation import write_digits
-
-    arrays = np.load(ROOT / "tests" / "data" / "digits.npz")
-    return write_digits(tmp_path_factory.mktemp("digits") / "data", images=arrays["images"],
-                        targets=arrays["targets"])
 
 
 @pytest.fixture(scope="module")

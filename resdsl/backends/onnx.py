@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["DIGEST_KEY", "INPUT", "OUTPUT", "ExportInfo", "convert_fp16", "export", "intermediates", "load_model",
            "run", "session", "tensor_map"]
 
-NAME, BASE, PRECISIONS = "onnx", None, ("fp32", "fp16")
+NAME, BASE, PRECISIONS = "onnx", None, ("fp32", "fp16", "int8")
 MODEL = "model.onnx"
 PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript")
 
@@ -41,16 +41,25 @@ def check_environment(options: CompileOptions) -> None:
 
 
 def write(stage: Path, model: Any, spec: Spec, options: CompileOptions, progress: Progress) -> Written:
-    """Export ``model.onnx`` at the options' opset and batch; rewrite it in float16 for ``--precision fp16``."""
+    """Export ``model.onnx`` at the options' opset and batch; rewrite it in float16 for ``--precision fp16``, or
+    quantize it to int8 Q/DQ for ``--precision int8`` (:mod:`resdsl.backends.onnx_quant`)."""
     b, path = options.batch, stage / MODEL
+    sections: dict[str, dict[str, Any]] = {}
     with progress.step(f"exporting ONNX (opset {options.opset})"):
         fp32 = path if options.precision == "fp32" else stage / ".fp32.onnx"
         info = export(model, fp32, opset=options.opset, dynamic_batch=b.dynamic, batch=None if b.dynamic else b.min)
         if options.precision == "fp16":
             convert_fp16(fp32, path, keep_io_fp32=options.io == "fp32")
-            fp32.unlink()
-    section = {"opset": options.opset, "exporter": info.exporter, "layers": info.tensor_of}
-    return Written((MODEL,), sections={"export": section}, packages=PACKAGES)
+    if options.precision == "int8":
+        from .onnx_quant import quantize
+
+        with progress.step(f"calibrating int8 scales on {options.calibration_samples} images of "
+                           f"{options.calibration} ({options.quant_scheme} scheme)"):
+            sections["quantization"] = quantize(fp32, path, spec, options)
+    if fp32 != path:
+        fp32.unlink()
+    sections["export"] = {"opset": options.opset, "exporter": info.exporter, "layers": info.tensor_of}
+    return Written((MODEL,), sections=sections, packages=PACKAGES)
 
 
 class Runner:
@@ -113,6 +122,8 @@ def localiser(directory: Path, manifest: Manifest) -> Any:
     """The ONNX model's per-layer outputs, keyed by module path (the manifest's layer map)."""
     import numpy as np
 
+    if manifest.precision == "int8":  # BN is folded into the convs and every layer carries quantization error
+        return None
     tensor_of: dict[str, str] = manifest.section("export")["layers"]
     half = manifest.input.dtype == "float16"
 

@@ -1,0 +1,112 @@
+"""``compile --precision int8 --calibration DATA``: Q/DQ ONNX from ONNX Runtime's quantizer, in both schemes, on a
+ResNet-20 trained on real images (tests/data/digits-resnet20.md); accuracy checked on images the scales never saw."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from resdsl.manifest import read
+from resdsl.pipeline import CompileOptions, compile_spec
+from resdsl.runtime import load
+
+from .conftest import ROOT, SPECS
+
+CIFAR = SPECS / "cifar" / "resnet20.yaml"
+WEIGHTS = ROOT / "tests" / "data" / "digits-resnet20.pt"
+
+
+@pytest.fixture(scope="module")
+def int8(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("int8")
+    return {scheme: compile_spec(CIFAR, CompileOptions(target="onnx", out=d / scheme, weights=WEIGHTS,
+                                                       precision="int8", calibration=digits, quant_scheme=scheme,
+                                                       calibration_samples=256))[0]
+            for scheme in ("ort", "trt")}
+
+
+def _qdq(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray], list[onnx.NodeProto]]:
+    model = onnx.load(path / "model.onnx")
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return model, inits, [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+@pytest.mark.parametrize("scheme", ["ort", "trt"])
+def test_within_a_point_of_the_module_on_held_out_images(int8: dict[str, Path], scheme: str) -> None:
+    m = read(int8[scheme])
+    acc = m.verification["accuracy"]  # type: ignore[index]
+    assert m.precision == "int8" and acc["passed"] and acc["images"] == 300 and acc["split"] == "test"
+    assert acc["module"]["top1"] == pytest.approx(92.0)  # the fp32 module: what resdsl train measured
+    assert acc["drop"] <= 1.0 and acc["max_drop"] == 1.0 and acc["agreement"] >= 95.0
+    q = m.section("quantization")
+    assert (q["scheme"], q["method"], q["samples"]) == (scheme, "minmax", 256)
+    assert len(q["calibration"]["images_sha256"]) == 64 and "training checkpoint" in q["calibration"]["mean"]
+    onnx.checker.check_model(str(int8[scheme] / "model.onnx"), full_check=True)
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32) * 0.3
+    assert load(int8[scheme])(x).shape == (3, 10)
+
+
+def test_ort_scheme_has_uint8_activations(int8: dict[str, Path]) -> None:
+    _, inits, qdq = _qdq(int8["ort"])
+    acts = [inits[n.input[2]] for n in qdq if n.op_type == "QuantizeLinear" and n.input[2] in inits]
+    assert acts and all(z.dtype == np.uint8 for z in acts)
+
+
+def test_trt_scheme_is_what_tensorrt_accepts(int8: dict[str, Path]) -> None:
+    """Every zero point 0 and int8, weights per output channel, biases float, opset >= 13."""
+    model, inits, qdq = _qdq(int8["trt"])
+    zero_points = [inits[n.input[2]] for n in qdq if len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    weight_dq = {n.output[0]: n for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 19  # 6n+2 = 20 weighted layers: 19 convs (option A: no projections) and the fc
+    assert all(c.input[1] in weight_dq for c in convs)
+    for c in convs:
+        dq = weight_dq[c.input[1]]
+        weight, scale = inits[dq.input[0]], inits[dq.input[1]]
+        assert weight.dtype == np.int8 and scale.shape == (weight.shape[0],)
+        assert all(len(c.input) < 3 or (c.input[2] in inits and inits[c.input[2]].dtype == np.float32) for c in [c])
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13
+
+
+def test_same_data_same_bytes(int8: dict[str, Path], digits: Path, tmp_path: Path) -> None:
+    again, _ = compile_spec(CIFAR, CompileOptions(target="onnx", out=tmp_path / "again", weights=WEIGHTS,
+                                                  precision="int8", calibration=digits, quant_scheme="trt",
+                                                  calibration_samples=256))
+    first, second = read(int8["trt"]), read(again)
+    assert first.files["model.onnx"].sha256 == second.files["model.onnx"].sha256
+    assert first.section("quantization") == second.section("quantization")
+
+
+def test_a_broken_calibration_is_caught_and_nothing_written(digits: Path, tmp_path: Path, cli: Any) -> None:
+    """Scales from one black image: the held-out accuracy collapses, compile exits 1, writes nothing."""
+    data = tmp_path / "black"
+    shutil.copytree(digits, data)
+    (data / "data_batch_1").write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}))
+    r = cli("compile", str(CIFAR), "-o", str(tmp_path / "out"), "--weights", str(WEIGHTS), "--precision", "int8",
+            "--calibration", str(data), "--calibration-samples", "1", "-q")
+    assert r.returncode == 1 and "more than the budget of 1 points; nothing was written" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_refusals(digits: Path, tmp_path: Path, cli: Any) -> None:
+    base = ["compile", str(CIFAR), "-o", str(tmp_path / "o"), "--weights", str(WEIGHTS), "-q"]
+    for extra, message in [
+        (["--precision", "int8"], "--precision int8 and --calibration go together"),
+        (["--calibration", str(digits)], "--precision int8 and --calibration go together"),
+        (["--quant-scheme", "trt"], "apply to --precision int8 only"),
+        (["--precision", "int8", "--calibration", str(digits), "--calibration-samples", "5000"],
+         "has 1497 images, fewer than --calibration-samples 5000"),
+        (["--precision", "int8", "--calibration", str(tmp_path / "none")], "no such directory"),
+        (["--precision", "int8", "--calibration", str(digits), "--target", "trt"], "writes fp32 or fp16 only"),
+    ]:
+        r = cli(*base, *extra)
+        assert r.returncode == 2 and message in r.stderr, (extra, r.stderr)
+    assert not (tmp_path / "o").exists()
