@@ -180,8 +180,9 @@ def _add_compile(sub: Any) -> None:
                    "calibrate on (default 512)")
     c.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"), default="minmax",
                    help="int8: how activation ranges are chosen (default minmax)")
-    c.add_argument("--quant-scheme", choices=("ort", "trt"), default="ort", help="int8: ort (uint8 activations: "
-                   "ONNX Runtime's fast CPU path) or trt (symmetric int8, zero points 0: what TensorRT accepts)")
+    c.add_argument("--quant-scheme", choices=("ort", "trt"), help="int8: ort (uint8 activations: ONNX Runtime's "
+                   "fast CPU path; the onnx target's default) or trt (symmetric int8, zero points 0: what TensorRT "
+                   "accepts; the trt target's only scheme)")
     c.add_argument("--io", choices=("fp32", "fp16"), default="fp32", help="dtype of input and logits (fp16 needs "
                    "--precision fp16)")
     c.add_argument("--batch", default="1:1:32", metavar="MIN:OPT:MAX|N",

@@ -144,7 +144,8 @@ class CompileOptions:
     calibration: Path | None = None        # int8: labelled images; the train split calibrates, the test split checks
     calibration_samples: int = 512         # int8: training images the scales are computed from
     calibration_method: str = "minmax"     # int8: minmax, percentile or entropy (ONNX Runtime's calibrators)
-    quant_scheme: str = "ort"              # int8: "ort" (uint8 activations, ONNX Runtime's CPU kernels) or "trt"
+    quant_scheme: str | None = None        # int8: "ort" (uint8 activations, ONNX Runtime's CPU kernels) or "trt";
+                                           # None: trt for the trt target, ort otherwise
 
     def __post_init__(self) -> None:
         if isinstance(self.batch, (str, int)) and not isinstance(self.batch, bool):
@@ -183,16 +184,24 @@ class CompileOptions:
         if (self.precision == "int8") != (self.calibration is not None):
             raise OptionError("{precision} int8 and {calibration} go together: int8 scales are computed from "
                               "labelled images (a layout resdsl train reads), and only int8 uses them")
-        if self.quant_scheme not in QUANT_SCHEMES or self.calibration_method not in CALIBRATION_METHODS:
+        if self.quant_scheme not in (None, *QUANT_SCHEMES) or self.calibration_method not in CALIBRATION_METHODS:
             raise OptionError(f"{{quant_scheme}} {self.quant_scheme!r}, {{calibration_method}} "
                               f"{self.calibration_method!r}: choose a scheme from {', '.join(QUANT_SCHEMES)} and a "
                               f"method from {', '.join(CALIBRATION_METHODS)}")
         if self.precision != "int8" and (self.calibration_samples, self.calibration_method, self.quant_scheme) != (
-                512, "minmax", "ort"):
+                512, "minmax", None):
             raise OptionError("{calibration_samples}, {calibration_method} and {quant_scheme} apply to {precision} "
                               "int8 only; drop them")
+        if self.target == "trt" and self.quant_scheme == "ort":
+            raise OptionError("{quant_scheme} ort: TensorRT takes symmetric int8 only; the trt target uses "
+                              "{quant_scheme} trt (its default)")
         if not _int(self.calibration_samples) or self.calibration_samples < 1:
             raise OptionError(f"{{calibration_samples}} {self.calibration_samples!r}: give a number of images >= 1")
+
+    @property
+    def scheme(self) -> str:
+        """The int8 quantization scheme in force."""
+        return self.quant_scheme or ("trt" if self.target == "trt" else "ort")
 
     @property
     def accuracy_data(self) -> Path | None:

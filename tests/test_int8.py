@@ -105,8 +105,31 @@ def test_refusals(digits: Path, tmp_path: Path, cli: Any) -> None:
         (["--precision", "int8", "--calibration", str(digits), "--calibration-samples", "5000"],
          "has 1497 images, fewer than --calibration-samples 5000"),
         (["--precision", "int8", "--calibration", str(tmp_path / "none")], "no such directory"),
-        (["--precision", "int8", "--calibration", str(digits), "--target", "trt"], "writes fp32 or fp16 only"),
+        (["--precision", "int8", "--calibration", str(digits), "--target", "trt", "--quant-scheme", "ort"],
+         "TensorRT takes symmetric int8 only"),
+        (["--precision", "int8", "--calibration", str(digits), "--target", "torch"], "writes fp32 only"),
     ]:
         r = cli(*base, *extra)
         assert r.returncode == 2 and message in r.stderr, (extra, r.stderr)
     assert not (tmp_path / "o").exists()
+
+
+def test_trt_scheme_reaches_tensorrt_as_a_strongly_typed_int8_build(int8: dict[str, Path], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the TensorRT stand-in (tests/fake_tensorrt.py): the Q/DQ file is parsed into a strongly typed
+    network with fp32 I/O, and no precision flag is set (TensorRT 11 has none; the types come from Q/DQ)."""
+    import json
+
+    from resdsl.backends import trt_build
+    from resdsl.options import BatchProfile, TrtOptions
+
+    from . import fake_tensorrt
+
+    monkeypatch.setattr(trt_build, "_import_trt", lambda: fake_tensorrt)
+    monkeypatch.setattr(trt_build, "_require_gpu", lambda: ("NVIDIA H100 80GB HBM3", "9.0"))
+    info = trt_build.build_engine(int8["trt"] / "model.onnx", tmp_path / "m.engine", BatchProfile.parse("1:16:64"),
+                                  TrtOptions(), precision="int8", io="fp32")
+    engine = json.loads((tmp_path / "m.engine").read_bytes())
+    assert engine["strongly_typed"] and engine["builder_flags"] == []
+    assert [t[2] for t in engine["io"]] == ["float32", "float32"]
+    assert info["options"]["precision"] == "int8" and "-int8-" in info["timing_cache_key"]

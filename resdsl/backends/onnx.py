@@ -54,7 +54,7 @@ def write(stage: Path, model: Any, spec: Spec, options: CompileOptions, progress
         from .onnx_quant import quantize
 
         with progress.step(f"calibrating int8 scales on {options.calibration_samples} images of "
-                           f"{options.calibration} ({options.quant_scheme} scheme)"):
+                           f"{options.calibration} ({options.scheme} scheme)"):
             sections["quantization"] = quantize(fp32, path, spec, options)
     if fp32 != path:
         fp32.unlink()

@@ -42,7 +42,7 @@ def quantize(fp32: Path, out: Path, spec: Spec, options: CompileOptions) -> dict
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     images, mean_from, data_sha = calibration_images(spec, options)
-    scheme = options.quant_scheme
+    scheme = options.scheme
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quant-") as tmp:
         pre, raw = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)  # folds BN into the convs

@@ -38,7 +38,7 @@ __all__ = ["INPUT", "OUTPUT", "TRT_API", "TRT_OBJECTS", "TrtEnvironment", "TrtRu
 # model.onnx (the onnx target's artefact, verified in ONNX Runtime first) plus model.engine, verified on the GPU
 # against the module on CUDA (TF32 off unless the engine was built with it) at the profile's min, opt and max.
 
-NAME, BASE, PRECISIONS = "trt", "onnx", ("fp32", "fp16")
+NAME, BASE, PRECISIONS = "trt", "onnx", ("fp32", "fp16", "int8")
 ENGINE = "model.engine"
 
 

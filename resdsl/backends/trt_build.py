@@ -271,12 +271,13 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: BatchP
                  precision: str, io: str) -> dict[str, Any]:
     """Build a TensorRT engine from the ONNX model; return the build facts for the manifest.
 
-    ``precision`` is the computation inside the ONNX graph and ``io`` the dtype of its input and logits
-    (both ``"fp32"`` or ``"fp16"``); the network's input and output must be of the ``io`` dtype.
+    ``precision`` is the computation inside the ONNX graph (``"fp32"``, ``"fp16"``, or ``"int8"``: Q/DQ nodes,
+    which a strongly typed network turns into int8 layers, no builder flag needed) and ``io`` the dtype of its
+    input and logits (``"fp32"`` or ``"fp16"``); the network's input and output must be of the ``io`` dtype.
     """
-    for name, value in (("precision", precision), ("io", io)):
-        if value not in ("fp32", "fp16"):
-            raise OptionError(f"{{{name}}} {value!r}: the TensorRT backend takes fp32 or fp16")
+    if precision not in ("fp32", "fp16", "int8") or io not in ("fp32", "fp16"):
+        raise OptionError(f"{{precision}} {precision!r}, {{io}} {io!r}: the TensorRT backend builds fp32, fp16 or "
+                          "int8 (Q/DQ) graphs with fp32 or fp16 inputs and outputs")
     trt = _import_trt()
     env = environment()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
