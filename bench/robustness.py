@@ -223,6 +223,65 @@ def faults(tmp: Path, kills: int, rng: random.Random) -> list[Tally]:
     return rows
 
 
+def _bad_calibration_sets(tmp: Path) -> dict[str, Path]:
+    """Calibration/evaluation directories a user might point at by mistake, made from the digits."""
+    import pickle
+
+    import numpy as np
+
+    from experiments.degradation import write_digits
+
+    arrays = np.load(ROOT / "tests" / "data" / "digits.npz")
+    good = write_digits(tmp / "digits", images=arrays["images"], targets=arrays["targets"])
+    sets = {"missing directory": tmp / "nowhere", "empty directory": tmp / "empty"}
+    sets["empty directory"].mkdir()
+
+    def variant(name: str, batch: bytes | None = None, meta: bytes | None = None) -> None:
+        d = tmp / name.replace(" ", "-")
+        shutil.copytree(good, d)
+        if batch is not None:
+            (d / "data_batch_1").write_bytes(batch)
+        if meta is not None:
+            (d / "batches.meta").write_bytes(meta)
+        sets[name] = d
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("pickled code ran",))
+
+    variant("truncated pickle", batch=(good / "data_batch_1").read_bytes()[:1000])
+    variant("hostile pickle (code)", batch=pickle.dumps({b"data": Evil(), b"labels": [0]}))
+    variant("images of another size", batch=pickle.dumps({b"data": np.zeros((4, 3 * 16 * 16), np.uint8),
+                                                          b"labels": [0, 1, 2, 3]}))
+    variant("labels outside the head's classes", batch=pickle.dumps({b"data": np.zeros((4, 3072), np.uint8),
+                                                                      b"labels": [0, 1, 2, 11]}))
+    variant("fewer images than --calibration-samples", batch=pickle.dumps(
+        {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]}))
+    return sets
+
+
+def bad_calibration(tmp: Path) -> list[Tally]:
+    """``compile --precision int8 --calibration DIR`` on each bad DIR: exit 2, one line, nothing written."""
+    t = Tally("bad calibration data for int8 (missing or empty directory, truncated or hostile pickle, images of "
+              "another size, labels outside the head's classes, fewer images than --calibration-samples)")
+    weights = ROOT / "tests" / "data" / "digits-resnet20.pt"
+    for name, data in _bad_calibration_sets(tmp / "calib").items():
+        out = tmp / "calib-out"
+        t.tried += 1
+        start = time.perf_counter()
+        r = cli("compile", "specs/cifar/resnet20.yaml", "--weights", str(weights), "--precision", "int8",
+                "--calibration", str(data), "--calibration-samples", "8", "-o", str(out), "-q")
+        t.worst = max(t.worst, time.perf_counter() - start)
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        if (r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr and not out.exists()
+                and "pickled code ran" not in r.stdout + r.stderr):
+            t.clean += 1
+        else:
+            t.crashes += 1
+            t.notes.append(f"calibration {name}: exit {r.returncode}, {lines[-1:] or 'no message'}")
+    return [t]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mutants", type=int, default=400)
@@ -235,6 +294,7 @@ def main() -> None:
         spec_rows = hostile_specs(tmp, a.mutants, rng)
         art_rows = hostile_artefacts(tmp, rng)
         fault_rows = faults(tmp, a.kills, rng)
+        calib_rows = bad_calibration(tmp)
     print("| bad input or fault | tried | outcome | crashes | slowest |")
     print("|---|---|---|---|---|")
     for t in spec_rows:
@@ -243,7 +303,9 @@ def main() -> None:
         print(t.row("{clean} refused by runtime.load / verify before loading, exit 2"))
     for t in fault_rows:
         print(t.row("{clean} left no partial directory; the next compile succeeded"))
-    notes = [n for t in spec_rows + art_rows + fault_rows for n in t.notes]
+    for t in calib_rows:
+        print(t.row("{clean} refused with a one-line error naming the directory, exit 2, nothing written"))
+    notes = [n for t in spec_rows + art_rows + fault_rows + calib_rows for n in t.notes]
     for n in notes:
         print(f"CRASH: {n}")
     sys.exit(1 if notes else 0)
