@@ -87,6 +87,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not report.passed:
         raise VerificationError(f"{d} does not compute what its spec and weights say it should")
     print(f"{d}: verified ({m.name}, {m.target}, {m.precision})")
+    acc = (m.verification or {}).get("accuracy")
+    if m.precision == "int8" or acc:
+        recorded = (f"; at compile: top-1 {acc['artefact']['top1']:.2f}% against the module's "
+                    f"{acc['module']['top1']:.2f}% on {acc['data']}") if acc else ""
+        print(f"{d}: note: random inputs check shapes and values{' only' if m.precision == 'int8' else ''}; "
+              f"accuracy is checked on labelled images by `resdsl evaluate {d} --data DATA`{recorded}")
     return 0
 
 

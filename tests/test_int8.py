@@ -133,3 +133,13 @@ def test_trt_scheme_reaches_tensorrt_as_a_strongly_typed_int8_build(int8: dict[s
     assert engine["strongly_typed"] and engine["builder_flags"] == []
     assert [t[2] for t in engine["io"]] == ["float32", "float32"]
     assert info["options"]["precision"] == "int8" and "-int8-" in info["timing_cache_key"]
+
+
+def test_verify_says_what_it_checked(int8: dict[str, Path], cli: Any) -> None:
+    """Random inputs only check an int8 artefact's shapes and finite values: verify says so, with the accuracy
+    compile measured."""
+    r = cli("verify", str(int8["trt"]), "-q")
+    assert r.returncode == 0, r.stderr
+    acc = read(int8["trt"]).verification["accuracy"]  # type: ignore[index]
+    assert "(not checked)" in r.stdout and "shapes and values only" in r.stdout
+    assert f"at compile: top-1 {acc['artefact']['top1']:.2f}% against the module's 92.00%" in r.stdout
