@@ -38,6 +38,9 @@ def check_environment(options: CompileOptions) -> None:
     """The exporter's and the verifier's packages must import (BackendUnavailable says how to install them)."""
     for module in ("onnx", "onnxscript", "onnxruntime"):
         need(module)
+    if options.calibration is not None and not options.calibration.is_dir():  # before minutes of export
+        raise InputError(f"--calibration {options.calibration}: no such directory; give labelled images in a "
+                         "layout resdsl train reads (CIFAR python batches, or DIR/train/<class>/*.png)")
 
 
 def write(stage: Path, model: Any, spec: Spec, options: CompileOptions, progress: Progress) -> Written:
