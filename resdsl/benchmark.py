@@ -17,7 +17,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -156,18 +156,14 @@ def bench(directory: str | Path, options: BenchOptions, progress: Progress | Non
             if device_timer is not None:
                 compute, h2d, d2h = device_timer(x, cuda_graph=options.cuda_graph)
                 lat = stats(b, timed(compute, options.warmup, options.iterations, options.duration))
-                lat = _with(lat, h2d_ms=1e3 * float(np.median(timed(h2d, 3, 20, None))),
+                lat = replace(lat, h2d_ms=1e3 * float(np.median(timed(h2d, 3, 20, None))),
                             d2h_ms=1e3 * float(np.median(timed(d2h, 3, 20, None))))
             else:
                 lat = stats(b, timed(partial(art, x), options.warmup, options.iterations, options.duration))
         if peak.get("tops"):
-            lat = _with(lat, peak_fraction=lat.images_per_s * m.counts.macs * 2 / (peak["tops"] * 1e12))
+            lat = replace(lat, peak_fraction=lat.images_per_s * m.counts.macs * 2 / (peak["tops"] * 1e12))
         result.results.append(lat)
     return result
-
-
-def _with(lat: Latency, **changes: Any) -> Latency:
-    return Latency(**{**asdict(lat), **changes})
 
 
 def _summary(m: mf.Manifest) -> dict[str, Any]:

@@ -27,7 +27,9 @@ FLAGS = {"target": "--target", "out": "-o", "weights": "--weights", "precision":
          "duration": "--duration", "threads": "--threads", "cuda_graph": "--cuda-graph", "split": "--split",
          "limit": "--limit", "max_drop": "--max-drop", "batch_size": "--batch", "eval_data": "--eval-data",
          "eval_max_drop": "--max-drop", "calibration": "--calibration", "calibration_samples": "--calibration-samples",
-         "calibration_method": "--calibration-method", "quant_scheme": "--quant-scheme"}
+         "calibration_method": "--calibration-method", "quant_scheme": "--quant-scheme",
+         "max_queue_delay_us": "--max-queue-delay-us", "instances": "--instances", "kind": "--kind",
+         "cuda_graphs": "--cuda-graphs", "dynamic_batching": "--dynamic-batching"}
 _TRT = ("workspace_mib", "opt_level", "timing_cache", "tf32", "version_compatible")
 
 

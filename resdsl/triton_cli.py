@@ -11,23 +11,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, OptionError
-
-#: TritonOptions fields -> the flags that set them, for messages (:meth:`resdsl.errors.OptionError.render`).
-FLAGS = {"max_queue_delay_us": "--max-queue-delay-us", "instances": "--instances", "kind": "--kind",
-         "cuda_graphs": "--cuda-graphs", "dynamic_batching": "--dynamic-batching"}
-
 
 def cmd_triton(args: argparse.Namespace) -> int:
     """Write one model per artefact; print one line per model."""
     from .triton import TritonOptions, write_repository
 
-    try:
-        opts = TritonOptions(max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, kind=args.kind,
-                             cuda_graphs=args.cuda_graphs, dynamic_batching=args.dynamic_batching)
-        written = write_repository(args.artefacts, args.output, opts)
-    except OptionError as e:  # name the flags, not the dataclass fields
-        raise InputError(e.render(FLAGS)) from None
+    opts = TritonOptions(max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, kind=args.kind,
+                         cuda_graphs=args.cuda_graphs, dynamic_batching=args.dynamic_batching)
+    written = write_repository(args.artefacts, args.output, opts)  # OptionErrors name flags: commands.FLAGS
     for source, model in zip(args.artefacts, written, strict=True):
         files = ", ".join(f"1/{f.name}" for f in sorted((model / "1").iterdir(), key=lambda f: f.suffix == ".json"))
         print(f"{model}: config.pbtxt, {files} (from {source})")
