@@ -21,7 +21,6 @@ otherwise).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from bench.ort_vs_torch import latency  # noqa: E402
+from bench.ort_vs_torch import round_median  # noqa: E402
 from resdsl.benchmark import machine  # noqa: E402
 
 R50_10 = "resdsl: 1\nextends: torchvision/resnet50.yaml\nname: resnet50-tv-10\nhead: {classes: 10}\nexpect: null\n"
@@ -44,30 +43,6 @@ def digits(out: Path) -> Path:
 
     arrays = np.load(ROOT / "tests" / "data" / "digits.npz")
     return write_digits(out, images=arrays["images"], targets=arrays["targets"])
-
-
-def worker(which: str, target: str, batch: int, threads: int, repeat: int) -> None:
-    """One round in this process: print the latencies (s) of ``which`` at ``batch`` as JSON."""
-    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32) * 0.3
-    if which == "eager":
-        import torch
-
-        from resdsl import build
-
-        torch.set_num_threads(threads)
-        model = build(target).eval()
-
-        def run(a: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return model(torch.from_numpy(a)).numpy()
-    else:
-        from resdsl import runtime
-
-        art = runtime.load(target, threads=threads)
-
-        def run(a: np.ndarray) -> np.ndarray:
-            return art(a)
-    print(json.dumps(latency(run, x, repeat)))
 
 
 def latency_ratios(tmp: Path, threads: int, repeat: int, rounds: int) -> None:
@@ -91,9 +66,7 @@ def latency_ratios(tmp: Path, threads: int, repeat: int, rounds: int) -> None:
         med: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(rounds):
             for name, (which, target) in runs.items():
-                cmd = [sys.executable, __file__, "--worker", which, target, str(b), str(threads), str(repeat)]
-                res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-                med[name].append(statistics.median(json.loads(res.stdout.strip().splitlines()[-1])))
+                med[name].append(round_median(which, target, b, threads, repeat))
         t = {k: statistics.median(v) for k, v in med.items()}
         for name in runs:
             print(f"  batch {b}: {name:<18} {t[name] * 1e3:8.1f} ms")
@@ -139,11 +112,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
-    ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.worker:
-        worker(a.worker[0], a.worker[1], int(a.worker[2]), int(a.worker[3]), int(a.worker[4]))
-        return
     m = machine("onnxruntime-cpu")
     print(f"CPU: {m['cpu']}, {m['cores']} cores; SIMD flags: {', '.join(m['cpu_flags']) or 'none known'}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -58,8 +58,9 @@ def latency(fn, x: np.ndarray, repeat: int) -> list[float]:  # type: ignore[no-u
     return times
 
 
-def worker(which: str, artefact: str, batch: int, threads: int, repeat: int) -> None:
-    """One round in this process: print the latencies (s) of ``which`` at ``batch`` as JSON."""
+def worker(which: str, target: str, batch: int, threads: int, repeat: int) -> None:
+    """One round in this process: print the latencies (s) of ``which`` at ``batch`` as JSON. ``target``: the spec
+    torch eager builds ("eager"), or the artefact directory ONNX Runtime loads ("ort")."""
     x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
     if which == "eager":
         import torch
@@ -67,7 +68,7 @@ def worker(which: str, artefact: str, batch: int, threads: int, repeat: int) -> 
         from resdsl import build
 
         torch.set_num_threads(threads)
-        model = build(SPEC).eval()
+        model = build(target).eval()
 
         def run(a: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
@@ -75,12 +76,19 @@ def worker(which: str, artefact: str, batch: int, threads: int, repeat: int) -> 
     else:
         from resdsl import runtime
 
-        art = runtime.load(artefact, threads=threads)  # what an application gets
+        art = runtime.load(target, threads=threads)  # what an application gets
         assert art.backend == "onnxruntime-cpu", art.backend
 
         def run(a: np.ndarray) -> np.ndarray:
             return art(a)
     print(json.dumps(latency(run, x, repeat)))
+
+
+def round_median(which: str, target: str | Path, batch: int, threads: int, repeat: int) -> float:
+    """The median latency (s) of one round of :func:`worker`, run in a process of its own."""
+    cmd = [sys.executable, __file__, "--worker", which, str(target), str(batch), str(threads), str(repeat)]
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    return statistics.median(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
 def runtime_ratio(threads: int, repeat: int, rounds: int, tmp: Path) -> None:
@@ -89,9 +97,7 @@ def runtime_ratio(threads: int, repeat: int, rounds: int, tmp: Path) -> None:
     out, _ = compile_spec(SPEC, CompileOptions(target="onnx", out=tmp / "r50", batch="1:1:8"))
 
     def one_round(which: str, b: int) -> float:
-        cmd = [sys.executable, __file__, "--worker", which, str(out), str(b), str(threads), str(repeat)]
-        res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-        return statistics.median(json.loads(res.stdout.strip().splitlines()[-1]))
+        return round_median(which, SPEC if which == "eager" else out, b, threads, repeat)
 
     print(f"resnet50 (torchvision layout), 224x224, {threads} threads; each runtime in its own process, "
           f"{rounds} alternating rounds of {repeat} runs; median of round medians")
@@ -152,15 +158,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--worker", nargs=5, metavar=("WHICH", "ARTEFACT", "BATCH", "THREADS", "REPEAT"),
+    ap.add_argument("--worker", nargs=5, metavar=("WHICH", "TARGET", "BATCH", "THREADS", "REPEAT"),
                     help=argparse.SUPPRESS)
     ap.add_argument("--compile-repeat", type=int, default=3)
     ap.add_argument("--skip-compile", action="store_true")
     ap.add_argument("--skip-runtime", action="store_true", help="only the compile-vs-export part")
     a = ap.parse_args()
     if a.worker:
-        which, artefact, b, t, r = a.worker
-        worker(which, artefact, int(b), int(t), int(r))
+        which, target, b, t, r = a.worker
+        worker(which, target, int(b), int(t), int(r))
         return
     with tempfile.TemporaryDirectory() as d:
         if not a.skip_runtime:
