@@ -41,6 +41,9 @@ def setup(device: str) -> tuple[int, int, torch.device]:
 def teardown(world: int) -> None:
     """Leave the process group joined by :func:`setup`."""
     if world > 1 and dist.is_initialized():
+        import gc
+
+        gc.collect()  # DDP's reducer sits in reference cycles: free it (and its threads) before the group goes
         dist.destroy_process_group()
 
 

@@ -173,11 +173,18 @@ def train(o: TrainOptions) -> dict[str, Any]:
                          f"multiple of {world} (each process takes batch / {world} images)")
     rank, world, dev = distributed.setup(o.device)
     try:
-        run = _Run(o, spec, rec, rank, world, dev)
-        run.loop()
-        return run.summary()
+        return _train(o, spec, rec, rank, world, dev)
     finally:
         distributed.teardown(world)
+
+
+def _train(o: TrainOptions, spec: Spec, rec: dict[str, Any], rank: int, world: int,
+           dev: torch.device) -> dict[str, Any]:
+    """The run, dropped on return: DDP's communication threads must be gone before the process group is
+    destroyed, or a process can abort at exit ("terminate called without an active exception")."""
+    run = _Run(o, spec, rec, rank, world, dev)
+    run.loop()
+    return run.summary()
 
 
 class _Run:
