@@ -45,27 +45,38 @@ class _Builder:
     def relu(self, name: str, label: str, x: Node, stage: str) -> Node:
         return self.add(name, label, "relu", (x.name,), x.shape, stage)
 
+    def pool(self, name: str, label: str, kind: str, x: Node, stage: str, kernel: int, stride: int, padding: int,
+             ceil_mode: bool = False, count_include_pad: bool = True) -> Node:
+        """Max or average pooling; output size as torch computes it (ceil mode drops a window that would start
+        in the right padding)."""
+        c, h, w = x.shape
+        attrs: dict[str, Any] = {"kernel": kernel, "stride": stride, "padding": padding}
+        if kind == "avg":
+            attrs.update(ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+        shape = (c, _pooled(h, kernel, stride, padding, ceil_mode), _pooled(w, kernel, stride, padding, ceil_mode))
+        return self.add(name, label, f"{kind}pool", (x.name,), shape, stage, **attrs)
+
+
+def _pooled(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    span = size + 2 * padding - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
 
 def expand(spec: Spec) -> Graph:
     """Unroll ``spec`` into a validated Graph with torchvision's module names."""
     b = _Builder()
     x = b.add("input", "input", "input", (), (spec.in_channels, *spec.in_size), "conv1")
-    sc = spec.stem.conv
-    x = b.conv("conv1", "conv1", x, sc.channels, sc.kernel, sc.stride, "conv1")
-    if not spec.preact:  # pre-activation nets: the first unit applies BN-ReLU to conv1's output
-        x = b.bn("bn1", "conv1.bn", x, "conv1")
-        x = b.relu("relu", "conv1.relu", x, "conv1")
+    x = _stem(b, spec, x)
     if spec.stem.pool:
         p = spec.stem.pool
-        c, h, w = x.shape
-        pad = p.kernel // 2
-        shape = (c, (h + 2 * pad - p.kernel) // p.stride + 1, (w + 2 * pad - p.kernel) // p.stride + 1)
         # Table 1 lists the max pool at the top of the conv2_x row.
         first = spec.stages[0].name
         # torchvision's name for the max pool; an average-pool stem must not collide with the head's avgpool
         name = "maxpool" if p.kind == "max" else "stem_avgpool"
-        x = b.add(name, f"{first}.pool", f"{p.kind}pool", (x.name,), shape, first,
-                  kernel=p.kernel, stride=p.stride, padding=pad)
+        x = b.pool(name, f"{first}.pool", p.kind, x, first, p.kernel, p.stride, p.kernel // 2)
     for si, stage in enumerate(spec.stages):
         for j in range(stage.blocks):
             b.block = f"layer{si + 1}.{j}"
@@ -80,6 +91,25 @@ def expand(spec: Spec) -> Graph:
     graph = Graph(spec.name, tuple(b.nodes), ("conv1", *(s.name for s in spec.stages), "head"))
     graph.validate()
     return graph
+
+
+def _stem(b: _Builder, spec: Spec, x: Node) -> Node:
+    """conv1 of Table 1, or a deep stem ("Bag of Tricks" ResNet-C): a chain of convs with BN-ReLU between, named
+    as timm's ``nn.Sequential`` (``conv1.0``, ``conv1.1`` BN, ``conv1.2`` ReLU, ``conv1.3``, ...); only the first
+    conv carries the stride. Either way ``bn1`` and ``relu`` follow, except in pre-activation nets, whose first
+    unit applies BN-ReLU to the stem's output."""
+    sc = spec.stem.conv
+    if not sc.inner:
+        x = b.conv("conv1", "conv1", x, sc.channels, sc.kernel, sc.stride, "conv1")
+    for i, width in enumerate(sc.widths if sc.inner else ()):
+        x = b.conv(f"conv1.{3 * i}", f"conv1.{3 * i}", x, width, sc.kernel, sc.stride if i == 0 else 1, "conv1")
+        if i < len(sc.inner):
+            x = b.bn(f"conv1.{3 * i + 1}", f"conv1.{3 * i + 1}", x, "conv1")
+            x = b.relu(f"conv1.{3 * i + 2}", f"conv1.{3 * i + 2}", x, "conv1")
+    if spec.preact:
+        return x
+    x = b.bn("bn1", "conv1.bn", x, "conv1")
+    return b.relu("relu", "conv1.relu", x, "conv1")
 
 
 def _block(b: _Builder, spec: Spec, x: Node, name: str, label: str, stage: str, width: int, stride: int,
@@ -105,6 +135,8 @@ def _block(b: _Builder, spec: Spec, x: Node, name: str, label: str, stage: str, 
         h = _preact_body(b, spec, h, n, stage, width, out_ch, stride)
     else:
         h = _postact_body(b, spec, x, n, stage, width, out_ch, stride)
+    if spec.attention:
+        h = _attention(b, spec, h, n("se"), stage)
 
     if spec.shortcut == "none":  # the paper's plain nets
         return h if spec.preact else b.relu(*n("relu"), stage=stage, x=h)
@@ -117,6 +149,8 @@ def _block(b: _Builder, spec: Spec, x: Node, name: str, label: str, stage: str, 
             # dimension-increasing unit is Convolution only, after the unit's shared BN-ReLU); the sum is
             # normalised by the next unit's BN.
             short = b.bn(*n("downsample.1"), stage=stage, x=short)
+    elif spec.shortcut == "D" and changes:
+        short = _pooled_projection(b, spec, shortcut_in, n, stage, out_ch, stride)
     elif spec.shortcut == "A" and changes:
         # Option A: subsample (as a 1x1 stride-s conv would) and append zero
         # channels at the end, as fb.resnet.torch does (Concat of x and 0*x);
@@ -130,6 +164,29 @@ def _block(b: _Builder, spec: Spec, x: Node, name: str, label: str, stage: str, 
     b.role = "main"
     out = b.add(*n("add"), op="add", inputs=(h.name, short.name), shape=h.shape, stage=stage)
     return out if spec.preact else b.relu(*n("relu"), stage=stage, x=out)
+
+
+def _pooled_projection(b: _Builder, spec: Spec, x: Node, n: Namer, stage: str, out_ch: int, stride: int) -> Node:
+    """Shortcut D ("Bag of Tricks" ResNet-D): a 2x2 average pool (ceil mode, padding not counted) carries the
+    stride, then a stride-1 1x1 projection and its BN, under timm's ``downsample_avg`` names: the pool is
+    ``downsample.0`` (an identity, and no node, when the stride is 1), the conv ``.1``, the BN ``.2``."""
+    if stride > 1:
+        x = b.pool(*n("downsample.0"), kind="avg", x=x, stage=stage, kernel=2, stride=stride, padding=0,
+                   ceil_mode=True, count_include_pad=False)
+    short = b.conv(*n("downsample.1"), x, out_ch, 1, 1, stage)
+    return short if spec.preact else b.bn(*n("downsample.2"), stage=stage, x=short)
+
+
+def _attention(b: _Builder, spec: Spec, x: Node, names: tuple[str, str], stage: str) -> Node:
+    """Channel attention at the end of the residual branch, after its last BN and before the addition, as timm's
+    blocks place it (named ``se`` for either kind, as timm does)."""
+    att = spec.attention
+    assert att is not None
+    c = x.shape[0]
+    if att.kind == "se":
+        return b.add(*names, op="se", inputs=(x.name,), shape=x.shape, stage=stage, channels=c,
+                     reduced=att.reduced(c))
+    return b.add(*names, op="eca", inputs=(x.name,), shape=x.shape, stage=stage, channels=c, kernel=att.kernel_for(c))
 
 
 def _postact_body(b: _Builder, spec: Spec, x: Node, n: Namer, stage: str, width: int, out_ch: int,

@@ -1,7 +1,8 @@
 """Analytic multiply-adds and parameters, per node, per stage and in total.
 
 One convention, the paper's: a "FLOP" in Table 1 is a multiply-add of a conv
-or fc layer; BN, ReLU, pooling, additions and option A's padding count zero.
+or fc layer (the convs inside squeeze-and-excitation and ECA included); BN,
+ReLU, pooling, sigmoid, scaling, additions and option A's padding count zero.
 ``torch.utils.flop_counter`` counts 2 per multiply-add of the same ops, so
 ``2 * macs`` must equal its total exactly (the tests check this). Parameters
 are trainable ones: conv and fc weights, fc bias, BN scale and shift.
@@ -33,13 +34,23 @@ def _bn(n: Node) -> tuple[int, int]:
     return 0, 2 * n.attr("channels")
 
 
+def _se(n: Node) -> tuple[int, int]:
+    c, r = n.attr("channels"), n.attr("reduced")
+    return 2 * c * r, 2 * c * r + r + c  # two 1x1 convs on the pooled 1x1 map, with biases
+
+
+def _eca(n: Node) -> tuple[int, int]:
+    k = n.attr("kernel")
+    return k * n.attr("channels"), k  # one 1-D conv of k taps along the channels, no bias
+
+
 def _free(n: Node) -> tuple[int, int]:
     return 0, 0
 
 
 #: op -> (multiply-adds, trainable parameters) of one node, batch 1.
 FORMULAS: dict[str, Callable[[Node], tuple[int, int]]] = {
-    "conv": _conv, "fc": _fc, "bn": _bn,
+    "conv": _conv, "fc": _fc, "bn": _bn, "se": _se, "eca": _eca,
     "input": _free, "relu": _free, "maxpool": _free, "avgpool": _free, "add": _free, "shortcut_a": _free,
     "gap": _free,
 }

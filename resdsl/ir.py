@@ -13,18 +13,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: op -> the attributes it carries. ``shortcut_a`` is option A's parameter-free
-#: shortcut: subsample by ``stride`` and append ``pad`` zero channels.
+#: shortcut: subsample by ``stride`` and append ``pad`` zero channels. ``se`` is
+#: squeeze-and-excitation (global mean, 1x1 conv to ``reduced`` with bias, ReLU,
+#: 1x1 conv back with bias, sigmoid, scale the input); ``eca`` is efficient channel
+#: attention (global mean, a 1-D conv of ``kernel`` across channels, sigmoid, scale).
 OPS: dict[str, tuple[str, ...]] = {
     "input": (),
     "conv": ("in_channels", "out_channels", "kernel", "stride", "padding", "groups"),
     "bn": ("channels",),
     "relu": (),
     "maxpool": ("kernel", "stride", "padding"),
-    "avgpool": ("kernel", "stride", "padding"),
+    "avgpool": ("kernel", "stride", "padding", "ceil_mode", "count_include_pad"),
     "add": (),
     "shortcut_a": ("stride", "pad"),
     "gap": (),
     "fc": ("in_features", "out_features"),
+    "se": ("channels", "reduced"),
+    "eca": ("channels", "kernel"),
 }
 
 

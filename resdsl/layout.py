@@ -27,6 +27,12 @@ def state_layout(graph: Graph) -> Layout:
             c = (a["channels"],)
             out += [(f"{n.name}.weight", c), (f"{n.name}.bias", c), (f"{n.name}.running_mean", c),
                     (f"{n.name}.running_var", c), (f"{n.name}.num_batches_tracked", ())]
+        elif n.op == "se":
+            c, r = a["channels"], a["reduced"]
+            out += [(f"{n.name}.fc1.weight", (r, c, 1, 1)), (f"{n.name}.fc1.bias", (r,)),
+                    (f"{n.name}.fc2.weight", (c, r, 1, 1)), (f"{n.name}.fc2.bias", (c,))]
+        elif n.op == "eca":
+            out.append((f"{n.name}.conv.weight", (1, 1, a["kernel"])))
         elif n.op == "fc":
             out += [(f"{n.name}.weight", (a["out_features"], a["in_features"])), (f"{n.name}.bias",
                                                                                  (a["out_features"],))]

@@ -44,11 +44,18 @@ def check_expect(spec: Spec, report: FlopReport) -> list[ExpectResult]:
 def block_text(spec: Spec, width: int) -> str:
     """Table 1's bracket for one stage, e.g. ``[1x1,64 3x3,64 1x1,256]``."""
     out = width * spec.expansion
+    att = f" {spec.attention.kind.upper()}" if spec.attention else ""
     if spec.bottleneck:
         inner = spec.inner_width(width)
         mid = f"3x3,{inner}" + (f"/g{spec.groups}" if spec.groups > 1 else "")
-        return f"[1x1,{inner} {mid} 1x1,{out}]"
-    return f"[3x3,{width} 3x3,{out}]"
+        return f"[1x1,{inner} {mid} 1x1,{out}{att}]"
+    return f"[3x3,{width} 3x3,{out}{att}]"
+
+
+def stem_text(spec: Spec) -> str:
+    """conv1's row: ``7x7, 64, stride 2``, or a deep stem's chain ``3x3, 32-32-64, stride 2``."""
+    k = spec.stem.conv
+    return f"{k.kernel}x{k.kernel}, {'-'.join(map(str, k.widths))}, stride {k.stride}"
 
 
 def flops_table(spec: Spec, report: FlopReport, unit: str = "macs") -> str:
@@ -62,8 +69,7 @@ def flops_table(spec: Spec, report: FlopReport, unit: str = "macs") -> str:
     for st in report.stages:
         size = "x".join(map(str, st.out_shape[1:])) if len(st.out_shape) == 3 else str(st.out_shape[0])
         if st.name == "conv1":
-            k = spec.stem.conv
-            desc, blocks = f"{k.kernel}x{k.kernel}, {k.channels}, stride {k.stride}", "-"
+            desc, blocks = stem_text(spec), "-"
         elif st.name == "head":
             desc, blocks = f"average pool, {spec.classes}-d fc", "-"
         else:

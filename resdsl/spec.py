@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,17 +20,29 @@ from .errors import Problem, SpecError
 from .yamlio import KeyPath, Loc, Located, display_name, read_yaml
 
 BLOCKS = ("basic", "bottleneck", "preact_basic", "preact_bottleneck")
-SHORTCUTS = ("A", "B", "C", "none")
+SHORTCUTS = ("A", "B", "C", "D", "none")
+ATTENTIONS = ("se", "eca")
 MAX_EXTENDS_DEPTH = 16
 
 
 @dataclass(frozen=True)
 class ConvCfg:
-    """The stem convolution: conv (no bias) + BN + ReLU, padding kernel // 2."""
+    """The stem convolution: conv (no bias) + BN + ReLU, padding kernel // 2.
+
+    A deep stem ("Bag of Tricks" ResNet-C; YAML ``channels: [32, 32, 64]``) is a chain of convs, each
+    followed by BN-ReLU: ``inner`` holds the widths before the last, ``channels`` the last; only the first
+    conv carries ``stride``.
+    """
 
     channels: int = 64
     kernel: int = 7
     stride: int = 2
+    inner: tuple[int, ...] = ()
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Every conv's output channels, in order."""
+        return (*self.inner, self.channels)
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,43 @@ class Stage:
     width: int   # the number in Table 1's brackets (64, 128, 256, 512)
     blocks: int  # the multiplier, e.g. x4
     stride: int  # stride of the stage's first block (1 or 2)
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Channel attention at the end of each residual branch (after its last BN, before the addition).
+
+    ``se``: squeeze-and-excitation (Hu et al. 2018), reduced width ``reduced(C)``; ``eca``: efficient channel
+    attention (Wang et al. 2020), a 1-D conv across channels of kernel ``kernel_for(C)``.
+    """
+
+    kind: str                 # "se" or "eca"
+    reduction: int = 16       # se: the paper's r
+    divisor: int = 8          # se: the reduced width is rounded to a multiple of this (timm's rule)
+    gamma: int = 2            # eca: kernel from log2(C)
+    beta: int = 1
+    kernel: int | None = None  # eca: a fixed kernel instead of the adaptive one
+
+    def reduced(self, channels: int) -> int:
+        """SE's bottleneck width: C / r rounded to the nearest multiple of ``divisor``, at least ``divisor``
+        (timm's ``make_divisible(C / r, divisor, round_limit=0)``)."""
+        d = self.divisor
+        return max(d, int(channels / self.reduction + d / 2) // d * d)
+
+    def kernel_for(self, channels: int) -> int:
+        """ECA's adaptive kernel: t = int(|log2(C) + beta| / gamma), made odd, at least 3 (as timm does)."""
+        if self.kernel is not None:
+            return self.kernel
+        t = int(abs(math.log2(channels) + self.beta) / self.gamma)
+        return max(t if t % 2 else t + 1, 3)
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """Per-channel input normalisation, ``(x / 255 - mean) / std``, as torchvision's and timm's weights expect."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -99,6 +149,8 @@ class Spec:
     classes: int
     expect: Expect
     train: Train | None
+    attention: Attention | None = None
+    normalize: Normalize | None = None  # None: centre on the training images' per-pixel mean (``resdsl train``)
     source: str = field(default="<memory>", compare=False)
     resolved: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 

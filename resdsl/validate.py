@@ -13,11 +13,26 @@ import re
 from typing import Any
 
 from .errors import Problem, SpecError
-from .spec import BLOCKS, SHORTCUTS, ConvCfg, Expect, PoolCfg, Spec, Stage, Stem, Train
+from .spec import (
+    ATTENTIONS,
+    BLOCKS,
+    SHORTCUTS,
+    Attention,
+    ConvCfg,
+    Expect,
+    Normalize,
+    PoolCfg,
+    Spec,
+    Stage,
+    Stem,
+    Train,
+)
 from .yamlio import KeyPath, Loc, Located, format_path
 
 TOP_KEYS = ("resdsl", "name", "extends", "input", "block", "shortcut", "downsample", "expansion", "groups",
-            "width_per_group", "zero_init_residual", "stem", "stages", "head", "expect", "train")
+            "width_per_group", "zero_init_residual", "stem", "attention", "stages", "head", "expect", "train")
+#: The most convs a deep stem may chain (timm's deep stems have 3).
+MAX_STEM_CONVS = 8
 _MISSING = object()
 #: Bounds the graph's size before it is built (ResNet-1202 has 600 blocks).
 MAX_TOTAL_BLOCKS = 10_000
@@ -126,9 +141,11 @@ def validate(doc: Located) -> Spec:
     wpg = c.get(top, "width_per_group", (), int, default=64, lo=1, hi=4096)
     zero_init = c.get(top, "zero_init_residual", (), bool, default=False)
 
-    inp = c.mapping(top.get("input", {}), ("input",), ("channels", "size"))
+    inp = c.mapping(top.get("input", {}), ("input",), ("channels", "size", "mean", "std"))
     in_ch = c.get(inp, "channels", ("input",), int, default=3, lo=1, hi=4096)
     in_size = _size(c, inp.get("size", 224))
+    normalize = _normalize(c, inp, in_ch)
+    attention = _attention(c, top)
 
     stem = _stem(c, top)
     stages = _stages(c, top)
@@ -146,7 +163,8 @@ def validate(doc: Located) -> Spec:
     return Spec(name=name, block=block, shortcut=shortcut, downsample=downsample if bottleneck else "1x1",
                 expansion=expansion, groups=groups, width_per_group=wpg, zero_init_residual=zero_init,
                 in_channels=in_ch, in_size=in_size, stem=stem, stages=tuple(stages), classes=classes,
-                expect=expect, train=train, source=doc.file, resolved=doc.value)
+                expect=expect, train=train, attention=attention, normalize=normalize, source=doc.file,
+                resolved=doc.value)
 
 
 def _size(c: Checker, v: Any) -> tuple[int, int] | None:
@@ -163,15 +181,75 @@ def _size(c: Checker, v: Any) -> tuple[int, int] | None:
     return (v[0], v[1])
 
 
+def _normalize(c: Checker, inp: dict[str, Any], channels: int | None) -> Normalize | None:
+    """``input.mean`` and ``input.std``: one number per channel, given together, std positive."""
+    given = [k for k in ("mean", "std") if inp.get(k) is not None]
+    if not given:
+        return None
+    if len(given) == 1:
+        other = "std" if given[0] == "mean" else "mean"
+        c.error(("input", given[0]), f"needs input.{other} beside it (torchvision's weights: mean [0.485, 0.456, "
+                "0.406], std [0.229, 0.224, 0.225])")
+        return None
+    values: dict[str, tuple[float, ...]] = {}
+    for k in given:
+        v = inp[k]
+        ok = (isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+              and (channels is None or len(v) == channels))
+        if not ok:
+            c.error(("input", k), f"expected a list of {channels or 'per-channel'} numbers (one per input channel, on "
+                    f"the 0..1 scale), got {_show(v)}")
+        elif k == "std" and min(v) <= 0:
+            c.error(("input", k), f"every std must be positive, got {v}")
+        else:
+            values[k] = tuple(float(x) for x in v)
+    return Normalize(values["mean"], values["std"]) if len(values) == 2 else None
+
+
+def _attention(c: Checker, top: dict[str, Any]) -> Attention | None:
+    if top.get("attention") is None:
+        return None
+    path = ("attention",)
+    raw = top["attention"]
+    kind = c.get(raw, "kind", path, str, choices=ATTENTIONS) if isinstance(raw, dict) else None
+    keys = {"se": ("kind", "reduction", "divisor"), "eca": ("kind", "gamma", "beta", "kernel")}
+    m = c.mapping(raw, path, keys.get(kind or "", ("kind", "reduction", "divisor", "gamma", "beta", "kernel")))
+    if kind is None:
+        return None
+    if kind == "se":
+        return Attention("se", reduction=c.get(m, "reduction", path, int, default=16, lo=1, hi=4096),
+                         divisor=c.get(m, "divisor", path, int, default=8, lo=1, hi=4096))
+    kernel = c.get(m, "kernel", path, int, default=None, lo=1, hi=63)
+    if kernel is not None and kernel % 2 == 0:
+        c.error((*path, "kernel"), f"must be odd (the conv keeps the channel count), got {kernel}")
+    return Attention("eca", gamma=c.get(m, "gamma", path, int, default=2, lo=1, hi=64),
+                     beta=c.get(m, "beta", path, int, default=1, lo=0, hi=64), kernel=kernel)
+
+
+def _stem_widths(c: Checker, conv: dict[str, Any], path: KeyPath) -> tuple[int, ...]:
+    """``stem.conv.channels``: one width, or a list of widths for a deep stem."""
+    v = conv.get("channels")
+    if not isinstance(v, list):
+        return (c.get(conv, "channels", path, int, default=64, lo=1, hi=65536),)
+    sub = (*path, "channels")
+    if not 1 <= len(v) <= MAX_STEM_CONVS:
+        c.error(sub, f"a deep stem has 1 to {MAX_STEM_CONVS} convs, got {len(v)}")
+        return (64,)
+    for i, x in enumerate(v):
+        if not isinstance(x, int) or isinstance(x, bool) or not 1 <= x <= 65536:
+            c.error((*sub, i), f"expected a channel count between 1 and 65536, got {_show(x)}")
+    return tuple(v)
+
+
 def _stem(c: Checker, top: dict[str, Any]) -> Stem | None:
     if "stem" not in top:
         return Stem()
     stem = c.mapping(top["stem"], ("stem",), ("conv", "pool"))
     path = ("stem", "conv")
     conv = c.mapping(stem.get("conv", {}), path, ("channels", "kernel", "stride"))
-    cc = ConvCfg(c.get(conv, "channels", path, int, default=64, lo=1, hi=65536),
-                 c.get(conv, "kernel", path, int, default=7, lo=1, hi=31),
-                 c.get(conv, "stride", path, int, default=2, lo=1, hi=16))
+    *inner, last = _stem_widths(c, conv, path)
+    cc = ConvCfg(last, c.get(conv, "kernel", path, int, default=7, lo=1, hi=31),
+                 c.get(conv, "stride", path, int, default=2, lo=1, hi=16), tuple(inner))
     pool = None
     if "pool" in stem:
         path = ("stem", "pool")

@@ -64,8 +64,15 @@ BASE = yaml.safe_load((SPECS / "resnet18.yaml").read_text())
 @pytest.mark.parametrize(("path", "value"), [
     (("stages", 0, "blocks"), "2"), (("stages", 0, "blocks"), 2.5), (("stages", 1, "stride"), 4),
     (("input",), {"channels": 0}), (("input",), {"size": [32, 32, 3]}), (("head",), {"classes": True}),
-    (("shortcut",), "D"), (("expect",), {"gflops": -1}), (("train",), {"optimizer": {"momentum": 1.5}}),
+    (("shortcut",), "E"), (("expect",), {"gflops": -1}), (("train",), {"optimizer": {"momentum": 1.5}}),
     (("stem",), {"conv": {"kernel": 7, "padding": 3}}), (("expansion",), 0), (("zero_init_residual",), "yes"),
+    (("stem",), {"conv": {"channels": []}}), (("stem",), {"conv": {"channels": [32, 0, 64]}}),
+    (("stem",), {"conv": {"channels": [32] * 9}}), (("attention",), {"kind": "cbam"}),
+    (("attention",), {"reduction": 16}), (("attention",), {"kind": "se", "kernel": 3}),
+    (("attention",), {"kind": "eca", "kernel": 4}), (("attention",), {"kind": "se", "reduction": 0}),
+    (("input",), {"mean": [0.5, 0.5, 0.5]}), (("input",), {"std": [0.2, 0.2, 0.2]}),
+    (("input",), {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0, 0.2]}),
+    (("input",), {"mean": ["a", 0.5, 0.5], "std": [0.2, 0.2, 0.2]}),
 ])
 def test_mutations_are_rejected_by_both(path: tuple[Any, ...], value: Any) -> None:
     doc = copy.deepcopy(BASE)

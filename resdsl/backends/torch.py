@@ -50,6 +50,37 @@ class ShortcutA(nn.Module):
         return f"stride={self.stride}, pad={self.pad}"
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): scale each channel by a gate computed from the global mean.
+
+    Submodules ``fc1``/``fc2`` are 1x1 convs with bias, timm's ``SEModule`` layout, so timm's checkpoints load.
+    """
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * torch.sigmoid(gate)
+
+
+class EfficientChannelAttention(nn.Module):
+    """ECA (Wang et al. 2020): a 1-D conv across the globally pooled channels, then a sigmoid gate.
+
+    ``conv`` is a bias-free ``Conv1d(1, 1, kernel)``, timm's ``EcaModule`` layout.
+    """
+
+    def __init__(self, kernel: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, kernel, padding=(kernel - 1) // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x.mean((2, 3)).unsqueeze(1))  # (N, 1, C): channels as a sequence
+        return x * torch.sigmoid(y.squeeze(1))[:, :, None, None]
+
+
 class GlobalAvgPool(nn.Module):
     """Average over H and W, then flatten: torchvision's ``avgpool`` + ``torch.flatten``."""
 
@@ -69,7 +100,12 @@ def _make(node: Node) -> nn.Module | None:
     if node.op == "maxpool":
         return nn.MaxPool2d(a["kernel"], a["stride"], a["padding"])
     if node.op == "avgpool":
-        return nn.AvgPool2d(a["kernel"], a["stride"], a["padding"])
+        return nn.AvgPool2d(a["kernel"], a["stride"], a["padding"], ceil_mode=a["ceil_mode"],
+                            count_include_pad=a["count_include_pad"])
+    if node.op == "se":
+        return SqueezeExcite(a["channels"], a["reduced"])
+    if node.op == "eca":
+        return EfficientChannelAttention(a["kernel"])
     if node.op == "shortcut_a":
         return ShortcutA(a["stride"], a["pad"])
     if node.op == "gap":
@@ -139,9 +175,19 @@ def init_weights(model: ResNet, zero_init_residual: bool = False) -> None:
 
     ``zero_init_residual`` zeroes the last BN scale of each residual branch
     (Goyal et al. 2017); a pre-activation branch ends in a conv, whose weights
-    are zeroed instead, so every unit starts as the identity either way.
+    are zeroed instead, so every unit starts as the identity either way. Attention's convs are He-initialised
+    too (as timm initialises every Conv2d), with zero biases; ECA's 1-D conv keeps PyTorch's default init, redrawn.
     """
     for name, node in ((n.name, n) for n in model.graph.nodes):
+        if node.op == "se":
+            for fc in (model.get_submodule(f"{name}.fc1"), model.get_submodule(f"{name}.fc2")):
+                assert isinstance(fc, nn.Conv2d) and fc.bias is not None
+                nn.init.kaiming_normal_(fc.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(fc.bias)
+        elif node.op == "eca":
+            conv = model.get_submodule(f"{name}.conv")
+            assert isinstance(conv, nn.Conv1d)
+            conv.reset_parameters()
         m = model.get_submodule(name) if node.op in ("conv", "bn") else None
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
