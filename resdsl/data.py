@@ -10,6 +10,8 @@ Two layouts are read, never downloaded:
   datasets that fit in memory at the spec's resolution (CIFAR-sized, not ImageNet).
 
 Everything becomes uint8 tensors [N, C, H, W]; :func:`augment` is the paper's CIFAR augmentation on a batch.
+:class:`Preprocess` turns them into the network's inputs, the same way for training, evaluation, int8
+calibration and compile's accuracy check; :func:`preprocessing` says which normalisation applies.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import BackendUnavailable, InputError
+from .spec import Normalize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FIX_LAYOUT = ("give a directory with CIFAR's python batches (data_batch_1..5 + test_batch, or CIFAR-100's train + "
@@ -192,11 +195,12 @@ def load_image_folder(root: Path, size: tuple[int, int], channels: int, workers:
 
 
 def load_dataset(root: str | Path, *, classes: int, size: tuple[int, int], channels: int,
-                 workers: int = 0) -> Dataset:
-    """Find the layout in ``root``, read it and check it against the spec's classes, channels and input size."""
+                 workers: int = 0, option: str = "--data") -> Dataset:
+    """Find the layout in ``root``, read it and check it against the spec's classes, channels and input size;
+    ``option`` names where ``root`` was given in messages (``--data``, ``--calibration``, ``--eval-data``)."""
     root = Path(root)
     if not root.is_dir():
-        raise InputError(f"--data {root}: {'not a directory' if root.exists() else 'no such directory'}; "
+        raise InputError(f"{option} {root}: {'not a directory' if root.exists() else 'no such directory'}; "
                          f"{FIX_LAYOUT}")
     for sub in ("cifar-10-batches-py", "cifar-100-python"):  # the directory the archive extracts to
         if not any(root.glob("data_batch_*")) and (root / sub).is_dir():
@@ -204,13 +208,14 @@ def load_dataset(root: str | Path, *, classes: int, size: tuple[int, int], chann
     if any(root.glob("data_batch_*")) or ((root / "train").is_file() and (root / "test").is_file()):
         ds = load_cifar(root)
         if channels != 3:
-            raise InputError(f"CIFAR images have 3 channels but the spec takes {channels}; set input.channels: 3")
+            raise InputError(f"{option} {root}: CIFAR images have 3 channels but the spec takes {channels}; set "
+                             "input.channels: 3, or give images with that many channels")
         if (ds.train_x.shape[-2], ds.train_x.shape[-1]) != size:
             ds.train_x, ds.test_x = resize(ds.train_x, size), resize(ds.test_x, size)
     elif (root / "train").is_dir():
         ds = load_image_folder(root, size, channels, workers, classes)
     else:
-        raise InputError(f"--data {root}: found neither CIFAR batches nor a train/ directory; {FIX_LAYOUT}")
+        raise InputError(f"{option} {root}: found neither CIFAR batches nor a train/ directory; {FIX_LAYOUT}")
     _check_classes(root, ds.classes, classes)
     for name, x in (("training", ds.train_x), (ds.test_name, ds.test_x)):
         if len(x) == 0:
@@ -272,18 +277,120 @@ class Sampler:
         return torch.cat([self.perm(e)[pos[epoch == e]] for e in range(first, last + 1)])
 
 
-def training_mean(weights: Path | None, ds: Dataset) -> tuple[torch.Tensor, str]:
-    """The per-pixel mean inputs are centred with (``x / 255 - mean``, as ``resdsl train`` does), and where it came
-    from: the one stored in a resdsl training checkpoint ``weights``, else the mean of ``ds``'s training split."""
-    if weights is not None and weights.is_file():
+@dataclass(frozen=True, eq=False)
+class Trained:
+    """What a training checkpoint records about its inputs: resdsl train's per-pixel ``pixel_mean`` [C, H, W]
+    (a spec without ``input.mean``/``input.std``), or the per-channel ``normalize`` it trained with."""
+
+    path: Path
+    pixel_mean: torch.Tensor | None = None
+    normalize: Normalize | None = None
+
+    @classmethod
+    def from_checkpoint(cls, obj: Any, path: Path) -> Trained | None:
+        """The record in an unpickled weights file ``obj`` (None when it has none: a plain state_dict)."""
+        if not isinstance(obj, dict):
+            return None
+        mean, norm = obj.get("pixel_mean"), obj.get("normalize")
+        normalize = None
+        if isinstance(norm, dict) and all(isinstance(norm.get(k), (list, tuple)) for k in ("mean", "std")):
+            try:
+                normalize = Normalize(tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"]))
+            except (TypeError, ValueError):
+                normalize = None
+        pixel_mean = mean.float() if isinstance(mean, torch.Tensor) else None
+        return cls(path, pixel_mean, normalize) if pixel_mean is not None or normalize is not None else None
+
+    @classmethod
+    def read(cls, path: Path | None) -> Trained | None:
+        """The record in the weights file ``path`` (None when there is none, or no readable file): for callers
+        that do not load the weights themselves; :func:`resdsl.weights.read_weights` gives it with the weights."""
+        if path is None or not path.is_file():
+            return None
         try:
-            ck = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception:
-            ck = None
-        mean = ck.get("pixel_mean") if isinstance(ck, dict) else None
-        if isinstance(mean, torch.Tensor):
-            if tuple(mean.shape) != tuple(ds.train_x.shape[1:]):
-                raise InputError(f"{weights}: its pixel_mean has shape {list(mean.shape)} but the images are "
-                                 f"{list(ds.train_x.shape[1:])}; use data of the size it was trained on")
-            return mean.float(), f"the training checkpoint {weights}"
-    return ds.pixel_mean(), "the data's training split"
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # the weights loader reports a bad file, with its fix
+            return None
+        return cls.from_checkpoint(obj, path)
+
+
+@dataclass(frozen=True, eq=False)
+class Preprocess:
+    """How uint8 images [N, C, H, W] become the network's inputs: ``(x / 255 - mean) / std``.
+
+    Either per channel (``mean`` and ``std`` [C, 1, 1], the spec's ``input.mean``/``input.std``: torchvision's
+    and timm's convention) or per pixel (``mean`` [C, H, W], ``std`` None: ``x / 255 - mean``, resdsl train's
+    default). ``source`` says where the numbers came from.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor | None
+    source: str
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 inputs from uint8 images ``x``, on the device ``mean`` is on."""
+        out = x.to(self.mean.device, non_blocking=True).float().div_(255).sub_(self.mean)
+        return out if self.std is None else out.div_(self.std)
+
+    def to(self, device: torch.device | str) -> Preprocess:
+        std = None if self.std is None else self.std.to(device)
+        return Preprocess(self.mean.to(device), std, self.source)
+
+    def describe(self) -> str:
+        """The rule and where its numbers came from, for reports and manifests."""
+        if self.std is None:
+            return f"x / 255 - per-pixel mean of {self.source}"
+        return (f"(x / 255 - mean) / std per channel, mean {_numbers(self.mean)} and std {_numbers(self.std)} "
+                f"from {self.source}")
+
+
+def _numbers(t: torch.Tensor) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in t.flatten().tolist()) + "]"
+
+
+def preprocessing(normalize: Normalize | None, ds: Dataset, trained: Trained | None = None) -> Preprocess:
+    """The preprocessing a spec's network takes, as training applied it: the spec's per-channel ``normalize``
+    (``input.mean``/``input.std``) when it has one; else ``x / 255 - mean`` with the per-pixel mean stored in the
+    training checkpoint (``trained``), or else the mean of ``ds``'s training split (what ``resdsl train`` on ``ds``
+    computes). A checkpoint trained with the other rule is refused: its accuracy would be meaningless."""
+    if normalize is not None:
+        if trained is not None and trained.pixel_mean is not None:
+            raise InputError(f"{trained.path} was trained on x / 255 - a per-pixel mean (a spec without input.mean "
+                             "and input.std), but the spec sets input.mean and input.std; drop them from the spec, or "
+                             "use weights trained with them")
+        if trained is not None and trained.normalize is not None and trained.normalize != normalize:
+            raise InputError(f"{trained.path} was trained with input.mean {list(trained.normalize.mean)} and "
+                             f"input.std {list(trained.normalize.std)}, not the spec's {list(normalize.mean)} and "
+                             f"{list(normalize.std)}; use the spec it was trained from")
+        c = len(normalize.mean)
+        return Preprocess(torch.tensor(normalize.mean, dtype=torch.float32).view(c, 1, 1),
+                          torch.tensor(normalize.std, dtype=torch.float32).view(c, 1, 1), "the spec's input")
+    if trained is not None and trained.normalize is not None:
+        raise InputError(f"{trained.path} was trained with input.mean {list(trained.normalize.mean)} and input.std "
+                         f"{list(trained.normalize.std)}, which the spec lacks; add them to the spec's input section")
+    if trained is not None and trained.pixel_mean is not None:
+        mean = trained.pixel_mean
+        if tuple(mean.shape) != tuple(ds.train_x.shape[1:]):
+            raise InputError(f"{trained.path}: its pixel_mean has shape {list(mean.shape)} but the images are "
+                             f"{list(ds.train_x.shape[1:])}; use data of the size it was trained on")
+        return Preprocess(mean, None, f"the training checkpoint {trained.path}")
+    return Preprocess(ds.pixel_mean(), None, "the data's training split")
+
+
+@dataclass(frozen=True, eq=False)
+class Labelled:
+    """Labelled images read and checked once (``path``: where from), with the preprocessing their inputs take."""
+
+    path: Path
+    dataset: Dataset
+    preprocess: Preprocess
+
+
+def calibration_sample(ds: Dataset, n: int, path: Path) -> torch.Tensor:
+    """The uint8 images [n, C, H, W] int8 scales are calibrated on: the first ``n`` of a fixed shuffle (seed 0)
+    of ``ds``'s training split; the same data gives the same images."""
+    if len(ds.train_x) < n:
+        raise InputError(f"--calibration {path}: its training split has {len(ds.train_x)} images, fewer than "
+                         f"--calibration-samples {n}; lower it or add images")
+    order = torch.randperm(len(ds.train_x), generator=torch.Generator().manual_seed(0))[:n]
+    return ds.train_x[order]

@@ -6,10 +6,11 @@ weights (as ``resdsl verify`` rebuilds it), plus the share of images whose top-1
 budget (``max_drop``, in points of top-1) the result fails when the artefact falls further below the module.
 
 Images come from the layouts ``resdsl train`` reads (CIFAR python batches, image folders), at the spec's size
-and channels, and are preprocessed as training does: ``x / 255 - pixel_mean``, with the per-pixel mean stored in
-the resdsl training checkpoint the artefact was compiled from, or else the mean of DATA's training split (which
-is what ``resdsl train`` on DATA computes). Weights trained with another normalisation (torchvision's ImageNet
-mean and std) are not evaluated correctly by this: their images need that normalisation instead.
+and channels, and are preprocessed as training does (:func:`resdsl.data.preprocessing`): with the spec's
+``input.mean``/``input.std``, ``(x / 255 - mean) / std`` per channel (torchvision's ImageNet weights: see
+specs/torchvision/); without them ``x / 255 - pixel_mean``, with the per-pixel mean stored in the resdsl training
+checkpoint the artefact was compiled from, or else the mean of DATA's training split (which is what
+``resdsl train`` on DATA computes). The result says which, and where the numbers came from.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import OptionError
 from .options import EvalOptions
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from .data import Labelled
 
 
 @dataclass(frozen=True)
@@ -68,26 +72,36 @@ class EvalResult:
             f"top-1 agreement {self.agreement:.2f}%; top-1 drop {self.drop:+.2f} points{budget}"])
 
 
-def evaluate(directory: str | Path, options: EvalOptions, progress: Progress | None = None) -> EvalResult:
-    """Run the artefact in ``directory`` and its fp32 module over ``options.data``; see the module docstring."""
+def evaluate(directory: str | Path, options: EvalOptions, progress: Progress | None = None, *,
+             data: Labelled | None = None) -> EvalResult:
+    """Run the artefact in ``directory`` and its fp32 module over ``options.data``; see the module docstring.
+    ``data``: that dataset already read and checked, with its preprocessing (``compile`` passes the one it read
+    before the export); None: read here."""
     import torch
 
-    from .data import load_dataset, training_mean
+    from .data import load_dataset, preprocessing
     from .expand import expand
     from .runtime import load
     from .spec import from_resolved
     from .verify import rebuild_module
+    from .weights import read_weights
 
     progress = progress or Progress(quiet=True)
     d = Path(directory)
     art = load(d, threads=options.threads, providers=options.providers)
     m = art.manifest
     spec = from_resolved(m.spec["resolved"], str(d / "manifest.json"))
-    with progress.step(f"reading {options.data}"):
-        ds = load_dataset(options.data, classes=spec.classes, size=spec.in_size, channels=spec.in_channels)
-    with progress.step("rebuilding the fp32 module"):
-        module = rebuild_module(expand(spec), m, d, options.weights)
-    mean, where = training_mean(options.weights or _weights_file(m.weights), ds)
+    if data is None:
+        with progress.step(f"reading {options.data}"):
+            ds = load_dataset(options.data, classes=spec.classes, size=spec.in_size, channels=spec.in_channels)
+    else:
+        ds = data.dataset
+    with progress.step("rebuilding the fp32 module"):  # the weights file is read once, for its preprocessing too
+        weights = read_weights(options.weights or m.weights["path"]) if m.weights.get("kind") == "file" else None
+        module = rebuild_module(expand(spec), m, d, weights)
+    prep = data.preprocess if data is not None else \
+        preprocessing(spec.normalize, ds, weights.trained if weights is not None else None)
+    del weights  # the module holds its own copy of the weights
     x_all, y_all = (ds.test_x, ds.test_y) if options.split == "test" else (ds.train_x, ds.train_y)
     if options.limit is not None:
         x_all, y_all = x_all[:options.limit], y_all[:options.limit]
@@ -97,7 +111,7 @@ def evaluate(directory: str | Path, options: EvalOptions, progress: Progress | N
     logits_art, logits_mod = [], []
     with progress.step(f"running {len(x_all)} images through {art.backend} and the module"), torch.no_grad():
         for xb, n in _batches(x_all, b, m.batch.min):
-            x = xb.float().div_(255).sub_(mean)
+            x = prep.apply(xb)
             logits_art.append(art(x.numpy())[:n])
             logits_mod.append(module(x).numpy()[:n])
     labels = y_all.numpy()
@@ -105,7 +119,7 @@ def evaluate(directory: str | Path, options: EvalOptions, progress: Progress | N
     acc_a, acc_r = _accuracy(a, labels), _accuracy(r, labels)
     split = ds.test_name if options.split == "test" else "train"
     return EvalResult(str(d), m.name, m.target, m.precision, art.backend, str(options.data), split, len(labels),
-                      f"x / 255 - per-pixel mean of {where}", acc_r, acc_a,
+                      prep.describe(), acc_r, acc_a,
                       100.0 * float((a.argmax(1) == r.argmax(1)).mean()), acc_r.top1 - acc_a.top1, options.max_drop)
 
 
@@ -126,7 +140,3 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
     k = min(5, logits.shape[1])
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     return Accuracy(100.0 * float((top[:, 0] == labels).mean()), 100.0 * float((top == labels[:, None]).any(1).mean()))
-
-
-def _weights_file(weights: dict[str, Any]) -> Path | None:
-    return Path(weights["path"]) if weights.get("kind") == "file" else None

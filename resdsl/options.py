@@ -9,8 +9,10 @@ The defaults live here and nowhere else. No torch import: ``resdsl flops`` and t
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from .errors import API_NAMES, OptionError
 
@@ -146,6 +148,9 @@ class CompileOptions:
     calibration_method: str = "minmax"     # int8: minmax, percentile or entropy (ONNX Runtime's calibrators)
     quant_scheme: str | None = None        # int8: "ort" (uint8 activations, ONNX Runtime's CPU kernels) or "trt";
                                            # None: trt for the trt target, ort otherwise
+    #: Not an option: the labelled data (resdsl.data.Labelled, by path) compile_spec read and checked before the
+    #: export, so that a target calibrates on it without reading it again; a path missing here is read when used.
+    loaded: Mapping[Path, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.batch, (str, int)) and not isinstance(self.batch, bool):

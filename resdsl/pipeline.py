@@ -1,17 +1,19 @@
 """``compile``: spec -> module (+ weights) -> artefact -> verification -> manifest, the same for every target.
 
 The frame every target shares: load the spec and count it once (limits are checked on the counts before
-anything is allocated), refuse early what this machine cannot do, build the reference module, then in a
-staging directory, for the target and the targets it extends (``trt`` extends ``onnx``), write its files,
-open them as :func:`resdsl.runtime.load` will and verify them against the module. The manifest is written
-last and the directory renamed into place: nothing appears at the destination unless every step passed.
+anything is allocated), refuse early what this machine cannot do, read and check the labelled data (int8
+calibration, the accuracy check) once, so that bad data is refused before any heavy work, build the reference
+module, then in a staging directory, for the target and the targets it extends (``trt`` extends ``onnx``),
+write its files, open them as :func:`resdsl.runtime.load` will and verify them against the module. The
+manifest is written last and the directory renamed into place: nothing appears at the destination unless
+every step passed.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import manifest as mf
 from .atomic import staging_dir
@@ -24,6 +26,9 @@ from .options import BatchProfile, CompileOptions
 from .progress import Progress
 from .spec import Spec, load
 from .verify import Reference, Report, check_target, new_report
+
+if TYPE_CHECKING:
+    from .data import Dataset, Trained
 
 __all__ = ["CompileOptions", "compile_spec"]
 
@@ -46,8 +51,15 @@ def compile_spec(spec_path: str | Path, opts: CompileOptions, progress: Progress
                           "{out}")
     for target in targets:  # refuse before minutes of work when a library or the hardware is missing
         target.check_environment(opts)
+    datasets = _read_data(spec, opts, progress)  # bad data is refused before the module and the export
     with progress.step("building the PyTorch module"):
-        model, weights = _reference(graph, spec, opts, str(spec_path))
+        model, weights, trained = _reference(graph, spec, opts, str(spec_path))
+    if datasets:
+        from .data import Labelled, preprocessing
+
+        opts = replace(opts, loaded={path: Labelled(path, ds, preprocessing(spec.normalize, ds, trained))
+                                     for path, ds in datasets.items()})
+        del datasets
     reference = Reference(lambda: _reference(graph, spec, opts, str(spec_path))[0], model)
     del model  # held by ``reference`` alone, so that verifying the last target can free it
     manifest = _manifest(spec, str(spec_path), opts, counts, weights)
@@ -80,8 +92,8 @@ def _accuracy_check(stage: Path, manifest: mf.Manifest, opts: CompileOptions, sp
 
     data = opts.accuracy_data
     assert data is not None
-    r = evaluate(stage, EvalOptions(data=data, max_drop=opts.max_drop, weights=opts.weights),
-                 progress)
+    r = evaluate(stage, EvalOptions(data=data, max_drop=opts.max_drop, weights=opts.weights), progress,
+                 data=opts.loaded.get(data))
     progress.note(f"  top-1 on {r.images} {r.split} images: module {r.module.top1:.2f}%, {r.backend} "
                   f"{r.artefact.top1:.2f}% (drop {r.drop:+.2f} points, budget {opts.max_drop:g})")
     accuracy = {"data": str(data), "split": r.split, "images": r.images, "module": asdict(r.module),
@@ -95,18 +107,39 @@ def _accuracy_check(stage: Path, manifest: mf.Manifest, opts: CompileOptions, sp
     return manifest.with_(verification={**(manifest.verification or {}), "accuracy": accuracy})
 
 
-def _reference(graph: Any, spec: Spec, opts: CompileOptions, source: str) -> tuple[Any, dict[str, Any]]:
-    """The eval-mode torch module the artefact must equal, and the manifest's ``weights`` entry."""
+def _read_data(spec: Spec, opts: CompileOptions, progress: Progress) -> dict[Path, Dataset]:
+    """The labelled data the compile uses (int8 calibration, the accuracy check), each directory read once and
+    checked against the spec: a truncated or hostile file, images of the wrong shape, labels outside the head's
+    classes or too few calibration images are refused before any heavy work."""
+    from .data import calibration_sample, load_dataset
+
+    out: dict[Path, Dataset] = {}
+    for path, option in ((opts.calibration, "--calibration"), (opts.eval_data, "--eval-data")):
+        if path is not None and path not in out:
+            with progress.step(f"reading {path}"):
+                out[path] = load_dataset(path, classes=spec.classes, size=spec.in_size, channels=spec.in_channels,
+                                         option=option)
+    if opts.calibration is not None:
+        calibration_sample(out[opts.calibration], opts.calibration_samples, opts.calibration)
+    return out
+
+
+def _reference(graph: Any, spec: Spec, opts: CompileOptions, source: str
+               ) -> tuple[Any, dict[str, Any], Trained | None]:
+    """The eval-mode torch module the artefact must equal, the manifest's ``weights`` entry, and what the
+    weights file records about the preprocessing training used (read with the weights, not again)."""
     from .backends.torch import from_graph
-    from .weights import load_into, state_digest
+    from .weights import load_into, read_weights, state_digest
 
     model = from_graph(graph, seed=opts.seed, zero_init_residual=spec.zero_init_residual)
+    trained = None
     if opts.weights is not None:
-        entry = load_into(model, opts.weights, source)
+        w = read_weights(opts.weights)
+        entry, trained = load_into(model, w, source), w.trained
     else:
         entry = {"kind": "random", "seed": opts.seed, "sha256": state_digest(model.state_dict()),
                  "note": f"randomly initialised (He et al. 2015) from seed {opts.seed}; not trained"}
-    return model.eval(), entry
+    return model.eval(), entry, trained
 
 
 def _manifest(spec: Spec, source: str, opts: CompileOptions, counts: FlopReport, weights: dict[str, Any]

@@ -10,7 +10,9 @@ restored too. Schedules: ``step`` (milestones in iterations), ``cosine`` (over a
 (ReduceLROnPlateau on the test error, stepped at every evaluation, patience counted in evaluations).
 
 Inputs are ``x / 255 - mean`` with the per-pixel mean of the training set (stored in the checkpoint as
-``pixel_mean``); zero padding happens after the subtraction, so it pads with the mean image's value.
+``pixel_mean``), or, when the spec gives ``input.mean`` and ``input.std``, ``(x / 255 - mean) / std`` per channel
+(stored as ``normalize``); :func:`resdsl.data.preprocessing` is the rule, which evaluation and int8 calibration
+repeat. Zero padding happens after the normalisation, so it pads with the mean's value.
 ``metrics.csv`` gives errors in percent; ``loss`` and ``train_error`` are means over the evaluation interval
 (augmented batches, training mode, as in the paper's curves), ``images_per_s`` counts training steps only.
 
@@ -41,7 +43,7 @@ from torch import nn
 
 from . import distributed, metrics
 from .atomic import write_bytes_atomic
-from .data import Dataset, Sampler, augment, load_dataset, stream_generator
+from .data import Dataset, Preprocess, Sampler, augment, load_dataset, preprocessing, stream_generator
 from .errors import InputError, ResdslError
 from .options import DEFAULT_LIMITS, Limits
 from .progress import Progress
@@ -116,16 +118,16 @@ def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, ds: Dataset, mean: torch.Tensor, rank: int = 0, world: int = 1) -> float:
+def evaluate(model: nn.Module, ds: Dataset, prep: Preprocess, rank: int = 0, world: int = 1) -> float:
     """Top-1 error in % on the test split (this process's share; summed over processes)."""
     model.eval()
+    dev = prep.mean.device
     x_all, y_all = ds.test_x[rank::world], ds.test_y[rank::world]
-    wrong = torch.zeros((), dtype=torch.int64, device=mean.device)
+    wrong = torch.zeros((), dtype=torch.int64, device=dev)
     for xb, yb in zip(torch.split(x_all, 500), torch.split(y_all, 500), strict=True):
-        x = xb.to(mean.device).float().div_(255).sub_(mean)
-        wrong += (model(x).argmax(1) != yb.to(mean.device)).sum()
+        wrong += (model(prep.apply(xb)).argmax(1) != yb.to(dev)).sum()
     model.train()
-    counts = torch.stack([wrong, torch.tensor(len(x_all), device=mean.device)])
+    counts = torch.stack([wrong, torch.tensor(len(x_all), device=dev)])
     if world > 1:
         dist.all_reduce(counts)
     return 100.0 * counts[0].item() / max(1, counts[1].item())
@@ -212,7 +214,7 @@ class _Run:
         self.plateau = sc["kind"] == "plateau"
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, "min", factor=sc["gamma"],
                                                                 patience=sc["patience"]) if self.plateau else None
-        self.mean = self.ds.pixel_mean().to(dev)
+        self.prep = preprocessing(spec.normalize, self.ds).to(dev)
         on_gpu = dev.type == "cuda" and self.ds.train_x.numel() < 4 << 30
         self.train_x = self.ds.train_x.to(dev) if on_gpu else self.ds.train_x
         self.sampler = Sampler(len(self.ds.train_x), self.batch, self.seed)
@@ -287,7 +289,7 @@ class _Run:
         oy, ox = torch.randint(0, 2 * self.pad + 1, (2, self.batch), generator=g)
         flip = torch.randint(0, 2, (self.batch,), generator=g).bool()
         part = slice(rank * b, (rank + 1) * b)
-        x = self.train_x[idx.to(self.train_x.device)].to(dev, non_blocking=True).float().div_(255).sub_(self.mean)
+        x = self.prep.apply(self.train_x[idx.to(self.train_x.device)])
         x = augment(x, self.pad, oy[part].to(dev), ox[part].to(dev), flip[part].to(dev))
         y = self.ds.train_y[idx].to(dev, non_blocking=True)
         lr = self.opt.param_groups[0]["lr"] if self.plateau else lr_at(self.rec, i)
@@ -309,7 +311,7 @@ class _Run:
         if not math.isfinite(sums[0].item()):
             raise InputError(f"training diverged by iteration {done} (the loss is {sums[0].item()}); lower the "
                              f"learning rate with --lr. {self.ckpt_path} keeps the last finite state")
-        self.test_error = test_error = evaluate(self.model, self.ds, self.mean, self.rank, self.world)
+        self.test_error = test_error = evaluate(self.model, self.ds, self.prep, self.rank, self.world)
         if self.sched is not None:
             self.sched.step(test_error)
         seen = max(1.0, sums[2].item())
@@ -332,14 +334,19 @@ class _Run:
 
     def checkpoint(self, i: int) -> None:
         """Write ``last.pt``: everything :meth:`restore` needs to continue at update ``i`` bit for bit."""
+        norm = self.spec.normalize
         meta = {"format": FORMAT, "spec": self.spec.name, "spec_sha256": self.spec.digest(), "iteration": i,
                 "test_error": self.test_error, "classes": self.ds.classes, "data": str(self.o.data),
                 "world_size": self.world,
-                "preprocess": "x / 255 - pixel_mean (per-pixel mean of the training set, [C, H, W])"}
+                "preprocess": "x / 255 - pixel_mean (per-pixel mean of the training set, [C, H, W])" if norm is None
+                else "(x / 255 - mean) / std per channel (the spec's input.mean and input.std; 'normalize')"}
+        # what evaluation and int8 calibration must repeat (resdsl.data.Trained reads it back)
+        inputs = {"pixel_mean": self.prep.mean.cpu()} if norm is None else \
+            {"normalize": {"mean": list(norm.mean), "std": list(norm.std)}}
         payload = {"resdsl": meta, "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
                    "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict() if self.sched else {},
                    "iteration": i, "config": self.rec, "rng": {"torch": torch.get_rng_state()},
-                   "pixel_mean": self.mean.cpu(), "meter": {"sums": self.meter.cpu(), "elapsed": self.elapsed}}
+                   **inputs, "meter": {"sums": self.meter.cpu(), "elapsed": self.elapsed}}
         buf = io.BytesIO()
         torch.save(payload, buf)
         write_bytes_atomic(self.ckpt_path, buf.getvalue())

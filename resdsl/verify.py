@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .backends.base import Localiser, Plan, Target
     from .ir import Graph
     from .manifest import Manifest
+    from .weights import WeightsFile
 
 
 @dataclass(frozen=True)
@@ -255,19 +256,21 @@ def verify_artefact(directory: str | Path, *, weights: Path | None = None, batch
     return m, report
 
 
-def rebuild_module(graph: Graph, m: Manifest, d: Path, weights: Path | None = None) -> Any:
+def rebuild_module(graph: Graph, m: Manifest, d: Path, weights: Path | WeightsFile | None = None) -> Any:
     """The eval-mode fp32 module an artefact was compiled from: its spec's graph with the manifest's weights
-    (the file, whose digest must match, or the seed's random weights, which this torch must reproduce)."""
+    (the file, whose digest must match, or the seed's random weights, which this torch must reproduce).
+    ``weights``: another path to the file, or the file already read (:func:`resdsl.weights.read_weights`)."""
     from .backends.torch import from_graph
 
     zero_init = bool(m.spec["resolved"].get("zero_init_residual", False))
-    from .weights import load_into, state_digest
+    from .weights import WeightsFile, load_into, state_digest
 
     w = m.weights
     model = from_graph(graph, seed=int(w.get("seed", 0)), zero_init_residual=zero_init)
     if w["kind"] == "file":
-        path = Path(weights or w["path"])
-        if load_into(model, path)["sha256"] != w["sha256"]:
+        source = weights if isinstance(weights, WeightsFile) else Path(weights or w["path"])
+        path = source.path if isinstance(source, WeightsFile) else source
+        if load_into(model, source)["sha256"] != w["sha256"]:
             raise InputError(f"weights file {path} is not the one {d} was compiled from (sha256 differs); pass the "
                              "original with --weights")
     elif state_digest(model.state_dict()) != w["sha256"]:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .data import Trained
 from .errors import InputError
 from .layout import specs_fitting, state_layout
 
@@ -34,8 +36,27 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True, eq=False)
+class WeightsFile:
+    """A weights file read once: its state_dict, its format name, and what a training checkpoint records about
+    its inputs (``trained``: the preprocessing evaluation and calibration must repeat; None for a plain
+    state_dict)."""
+
+    path: Path
+    state: dict[str, torch.Tensor]
+    format: str
+    trained: Trained | None
+
+
 def read_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     """Read a weights file; return the state_dict and its format name."""
+    w = read_weights(path)
+    return w.state, w.format
+
+
+def read_weights(path: str | Path) -> WeightsFile:
+    """Read a weights file (see :class:`WeightsFile`)."""
+    path = Path(path)
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -49,6 +70,7 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
         raise InputError(f"cannot read weights file {path}: {why}. "
                          "It must be a PyTorch checkpoint (torch.save of a state_dict) or a resdsl checkpoint") \
             from None
+    trained = Trained.from_checkpoint(obj, path)
     fmt = "state_dict"
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "resdsl" in obj:
         obj, fmt = obj["model"], "resdsl"
@@ -58,13 +80,14 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
         raise InputError(f"weights file {path} holds a {type(obj).__name__}, not a state_dict of tensors; save "
                          "`model.state_dict()` with torch.save")
     state = {k.removeprefix("module."): v for k, v in obj.items()}  # DataParallel/DDP checkpoints
-    return state, fmt
+    return WeightsFile(path, state, fmt, trained)
 
 
-def load_into(model: ResNet, path: str | Path, spec_source: str | None = None) -> dict[str, Any]:
-    """Strictly load ``path`` into ``model``; return the manifest's ``weights`` entry."""
-    path = Path(path)
-    state, fmt = read_state(path)
+def load_into(model: ResNet, weights: str | Path | WeightsFile, spec_source: str | None = None) -> dict[str, Any]:
+    """Strictly load ``weights`` (a path, or a file :func:`read_weights` read) into ``model``; return the
+    manifest's ``weights`` entry."""
+    w = weights if isinstance(weights, WeightsFile) else read_weights(weights)
+    path, state, fmt = w.path, w.state, w.format
     graph = model.graph
     want = dict(state_layout(graph))
     have = {k: tuple(v.shape) for k, v in state.items()}

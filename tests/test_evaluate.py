@@ -137,3 +137,124 @@ def test_compile_checks_accuracy_and_records_it(digits: Path, tmp_path: Path, mo
     assert main(["compile", str(CIFAR), "-o", str(tmp_path / "x"), "--max-drop", "1", "-q"]) == 2
     err = capsys.readouterr().err
     assert "--max-drop 1.0: a top-1 budget" in err and "needs --eval-data" in err
+
+
+# --- input normalisation from the spec (input.mean / input.std), against values computed here by hand ---
+
+MEAN, STD = [0.5, 0.25, 0.125], [0.2, 0.4, 0.8]
+TINY = """resdsl: 1
+name: tiny-{name}
+input: {{channels: {channels}, size: 32{norm}}}
+block: basic
+shortcut: A
+stem:
+  conv: {{channels: 8, kernel: 3, stride: 1}}
+stages:
+  - {{name: conv2_x, width: 8, blocks: 1}}
+head: {{classes: 4}}
+"""
+
+
+def write_tiny_spec(d: Path, normalize: bool, channels: int = 3) -> Path:
+    """A 4-class net at 32x32; with ``normalize`` its input section carries MEAN and STD."""
+    p = d / f"tiny-{'norm' if normalize else 'plain'}-{channels}.yaml"
+    norm = f", mean: {MEAN}, std: {STD}" if normalize else ""
+    p.write_text(TINY.format(name=p.stem, channels=channels, norm=norm))
+    return p
+
+
+def write_tiny_data(d: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A 4-class CIFAR-10-shaped directory: 24 random training images and 8 test images; returns it with the
+    uint8 arrays. Pixel (0, 0) is set by hand: in the training images channel 0 is 0 in half of them and 204 in
+    the other half (mean 102, i.e. 0.4), channel 1 is 51 (0.2) in all; in the first test image channels 0, 1, 2
+    are 255, 51 and 0."""
+    r = np.random.default_rng(3)
+    train = r.integers(0, 256, (24, 3, 32, 32), dtype=np.uint8)
+    test = r.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
+    train[:, 0, 0, 0] = [0, 204] * 12
+    train[:, 1, 0, 0] = 51
+    test[0, :, 0, 0] = [255, 51, 0]
+    d.mkdir(parents=True, exist_ok=True)
+    for name, x in (("data_batch_1", train), ("test_batch", test)):
+        labels = [i % 4 for i in range(len(x))]
+        (d / name).write_bytes(pickle.dumps({b"data": x.reshape(len(x), -1), b"labels": labels}))
+    (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b", b"c", b"d"]}))
+    return d, train, test
+
+
+def numpy_inputs(x: np.ndarray, train: np.ndarray, normalize: bool) -> np.ndarray:
+    """The oracle: (x / 255 - mean) / std per channel, or x / 255 - the training images' per-pixel mean."""
+    if normalize:
+        out: np.ndarray = (x / 255.0 - np.array(MEAN)[:, None, None]) / np.array(STD)[:, None, None]
+    else:
+        out = x / 255.0 - train.astype(np.float64).mean(0) / 255.0
+    return out
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_evaluate_preprocesses_as_the_spec_says(normalize: bool, tmp_path: Path, cli: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With input.mean/std the artefact gets (x / 255 - mean) / std per channel; without, x / 255 minus the
+    per-pixel mean of the data's training split (random weights: no checkpoint to take a mean from)."""
+    from resdsl.runtime import Artefact
+
+    data, train, test = write_tiny_data(tmp_path / "data")
+    art, _ = compile_spec(write_tiny_spec(tmp_path, normalize), CompileOptions(target="onnx", out=tmp_path / "a"))
+    seen: list[np.ndarray] = []
+    real = Artefact.__call__
+
+    def record(self: Artefact, x: np.ndarray) -> np.ndarray:
+        seen.append(np.array(x))
+        return real(self, x)
+
+    monkeypatch.setattr(Artefact, "__call__", record)
+    r = cli("evaluate", str(art), "--data", str(data), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    x = np.concatenate(seen)[:len(test)]
+    hand = [2.5, -0.125, -0.15625] if normalize else [1 - 0.4, 0.2 - 0.2, None]  # pixel (0, 0) of test image 0
+    for c, v in enumerate(hand):
+        if v is not None:
+            assert x[0, c, 0, 0] == pytest.approx(v, abs=1e-6)
+    np.testing.assert_allclose(x, numpy_inputs(test, train, normalize), atol=1e-6)
+    if normalize:
+        assert doc["preprocessing"] == ("(x / 255 - mean) / std per channel, mean [0.5, 0.25, 0.125] and std "
+                                        "[0.2, 0.4, 0.8] from the spec's input")
+    else:
+        assert doc["preprocessing"] == "x / 255 - per-pixel mean of the data's training split"
+    assert doc["agreement"] == 100.0  # the module got the same inputs
+
+
+def test_weights_trained_with_the_other_normalisation_are_refused(tmp_path: Path, cli: Any) -> None:
+    """A resdsl checkpoint records how its inputs were normalised; a spec that says otherwise is refused
+    (exit 2, before the export), rather than measured on the wrong inputs."""
+    from resdsl.backends.torch import build as build_module
+    from resdsl.spec import load as load_spec
+
+    data, _, _ = write_tiny_data(tmp_path / "data")
+    plain, norm = write_tiny_spec(tmp_path, False), write_tiny_spec(tmp_path, True)
+    state = build_module(load_spec(plain)).state_dict()
+    torch.save({"resdsl": {"format": "resdsl.checkpoint/1"}, "model": state,
+                "pixel_mean": torch.zeros(3, 32, 32)}, tmp_path / "pixel.pt")
+    torch.save({"resdsl": {"format": "resdsl.checkpoint/1"}, "model": state,
+                "normalize": {"mean": MEAN, "std": STD}}, tmp_path / "norm.pt")
+    for spec, weights, message in [(norm, "pixel.pt", "was trained on x / 255 - a per-pixel mean"),
+                                   (plain, "norm.pt", "which the spec lacks; add them to the spec's input")]:
+        r = cli("compile", str(spec), "-o", str(tmp_path / "o"), "--weights", str(tmp_path / weights),
+                "--eval-data", str(data), "-q")
+        assert r.returncode == 2 and message in r.stderr and weights in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+    r = cli("compile", str(norm), "-o", str(tmp_path / "o"), "--weights", str(tmp_path / "norm.pt"),
+            "--eval-data", str(data), "-q")
+    assert r.returncode == 0, r.stderr
+
+
+def test_torchvision_specs_normalise_as_torchvisions_weights_expect() -> None:
+    from resdsl.spec import load as load_spec
+
+    for p in sorted((SPECS / "torchvision").glob("*.yaml")):
+        s = load_spec(p)
+        assert s.normalize is not None, p
+        assert (s.normalize.mean, s.normalize.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        assert (s.in_channels, s.in_size) == (3, (224, 224))
+    assert load_spec(SPECS / "resnet50.yaml").normalize is None  # the paper's specs keep the per-pixel mean

@@ -47,7 +47,7 @@ def test_within_a_point_of_the_module_on_held_out_images(int8: dict[str, Path], 
     assert acc["drop"] <= 1.0 and acc["max_drop"] == 1.0 and acc["agreement"] >= 95.0
     q = m.section("quantization")
     assert (q["scheme"], q["method"], q["samples"]) == (scheme, "minmax", 256)
-    assert len(q["calibration"]["images_sha256"]) == 64 and "training checkpoint" in q["calibration"]["mean"]
+    assert len(q["calibration"]["images_sha256"]) == 64 and "training checkpoint" in q["calibration"]["preprocessing"]
     onnx.checker.check_model(str(int8[scheme] / "model.onnx"), full_check=True)
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32) * 0.3
     assert load(int8[scheme])(x).shape == (3, 10)
@@ -143,3 +143,111 @@ def test_verify_says_what_it_checked(int8: dict[str, Path], cli: Any) -> None:
     acc = read(int8["trt"]).verification["accuracy"]  # type: ignore[index]
     assert "(not checked)" in r.stdout and "shapes and values only" in r.stdout
     assert f"at compile: top-1 {acc['artefact']['top1']:.2f}% against the module's 92.00%" in r.stdout
+
+
+# --- calibration preprocessing, and bad data refused before the export ---
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_calibration_preprocesses_as_the_spec_says_and_reads_the_data_once(
+        normalize: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The calibration images are the training images, (x / 255 - mean) / std per channel with the spec's
+    input.mean/std, else x / 255 minus the per-pixel mean of the training split (random weights); the data
+    directory is read once for calibration and the accuracy check, and the weights are not read for it."""
+    import resdsl.data
+    from resdsl.backends import onnx_quant
+
+    from .test_evaluate import numpy_inputs, write_tiny_data, write_tiny_spec
+
+    data, train, _ = write_tiny_data(tmp_path / "data")
+    seen: list[np.ndarray] = []
+    real_reader, real_load = onnx_quant._Reader, resdsl.data.load_dataset
+    reads: list[Path] = []
+
+    def reader(base: type, images: np.ndarray) -> Any:
+        seen.append(images)
+        return real_reader(base, images)
+
+    def load_dataset(root: Path, **kw: Any) -> Any:
+        reads.append(root)
+        return real_load(root, **kw)
+
+    monkeypatch.setattr(onnx_quant, "_Reader", reader)
+    monkeypatch.setattr(resdsl.data, "load_dataset", load_dataset)
+    monkeypatch.setattr(resdsl.data.Trained, "read", lambda path: pytest.fail("the weights were read again"))
+    _, m = compile_spec(write_tiny_spec(tmp_path, normalize), CompileOptions(
+        target="onnx", out=tmp_path / "o", precision="int8", calibration=data, calibration_samples=24,
+        eval_max_drop=100))
+    assert reads == [data]
+    (x,) = seen
+    assert x.shape == (24, 3, 32, 32) and x.dtype == np.float32
+    # pixel (0, 0), by hand: channel 0 is 0 or 204 (half each), channel 1 is 51 everywhere
+    c0 = sorted(set(np.round(x[:, 0, 0, 0].astype(np.float64), 5).tolist()))
+    assert c0 == pytest.approx([-2.5, 1.5] if normalize else [-0.4, 0.4]) and (x[:, 0, 0, 0] > 0).sum() == 12
+    np.testing.assert_allclose(x[:, 1, 0, 0], -0.125 if normalize else 0.0, atol=1e-6)
+    # every calibration image is one of the training images, preprocessed by the oracle (in the shuffle's order)
+    oracle = numpy_inputs(train, train, normalize)
+    match = [int(np.abs(oracle - xi).reshape(len(oracle), -1).max(1).argmin()) for xi in x]
+    assert sorted(match) == list(range(24))
+    np.testing.assert_allclose(x, oracle[match], atol=1e-6)
+    q = m.section("quantization")["calibration"]
+    assert ("from the spec's input" if normalize else "per-pixel mean of the data's training split") in \
+        q["preprocessing"]
+    assert m.verification["accuracy"]["preprocessing"] == q["preprocessing"]  # type: ignore[index]
+
+
+def _bad_data(kind: str, tmp_path: Path) -> tuple[Path, str, list[str]]:
+    """A copy of the tiny data broken one way; returns it, the file the message must name, and its words."""
+    from .test_evaluate import write_tiny_data
+
+    data, train, _ = write_tiny_data(tmp_path / kind)
+    batch = data / "data_batch_1"
+    if kind == "truncated":
+        batch.write_bytes(batch.read_bytes()[:1000])
+        return data, str(batch), ["is not a CIFAR python batch", "re-extract"]
+    if kind == "hostile":
+        import os
+
+        batch.write_bytes(pickle.dumps({b"data": os.system, b"labels": [0]}))
+        return data, str(batch), ["refusing to load", "re-extract"]
+    if kind == "wrong-size":
+        batch.write_bytes(pickle.dumps({b"data": train.reshape(24, -1)[:, :1000].copy(), b"labels": [0] * 24}))
+        return data, str(batch), ["[24, 1000]", "uint8 data [N, 3072]"]
+    if kind == "labels":
+        batch.write_bytes(pickle.dumps({b"data": train.reshape(24, -1), b"labels": [7] * 24}))
+        return data, str(batch), ["has label 7, outside 0..3"]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "hostile", "wrong-size", "labels", "too-few", "channels", "eval-data"])
+def test_bad_data_is_refused_before_the_export(kind: str, tmp_path: Path, cli: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad calibration (or --eval-data) data: exit 2, one line naming the file and the fix, nothing written, and
+    neither the module nor the ONNX export ever started."""
+    import resdsl.backends.onnx
+    import resdsl.pipeline
+
+    from .test_evaluate import write_tiny_data, write_tiny_spec
+
+    monkeypatch.setattr(resdsl.pipeline, "_reference", lambda *a: pytest.fail("the module was built"))
+    monkeypatch.setattr(resdsl.backends.onnx, "export", lambda *a, **k: pytest.fail("the export started"))
+    spec = write_tiny_spec(tmp_path, True)
+    args = ["--precision", "int8", "--calibration-samples", "8"]
+    if kind == "too-few":
+        data, _, _ = write_tiny_data(tmp_path / kind)
+        args, where, words = [*args[:2], "--calibration-samples", "25"], str(data), [
+            "has 24 images, fewer than --calibration-samples 25; lower it or add images"]
+    elif kind == "channels":
+        data, _, _ = write_tiny_data(tmp_path / kind)
+        spec, where, words = write_tiny_spec(tmp_path, False, channels=1), str(data), ["set input.channels: 3"]
+    elif kind == "eval-data":
+        data, _, _ = write_tiny_data(tmp_path / "good")
+        bad, where, words = _bad_data("truncated", tmp_path)
+        args += ["--eval-data", str(bad)]
+    else:
+        data, where, words = _bad_data(kind, tmp_path)
+    r = cli("compile", str(spec), "-o", str(tmp_path / "out"), "--calibration", str(data), *args, "-q")
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and where in r.stderr and "Traceback" not in r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
+    assert not (tmp_path / "out").exists()

@@ -316,6 +316,43 @@ def test_train_section_or_command_line(tiny: tuple[Path, Path], tmp_path: Path) 
     assert s["iteration"] == 2 and ck["config"]["optimizer"]["lr"] == 0.05 and ck["config"]["batch"] == 8
 
 
+def test_spec_normalisation_is_trained_with_and_recorded(tiny: tuple[Path, Path], trained: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """With input.mean/std every training input is (v / 255 - mean[c]) / std[c] for a whole v in 0..255 (or 0,
+    the augmentation's padding); the checkpoint records the normalisation instead of a pixel mean, and compile
+    refuses the per-pixel run's weights under the normalising spec."""
+    import resdsl.train as T
+    from resdsl.cli import main as resdsl_main
+
+    mean, std = [0.5, 0.25, 0.125], [0.2, 0.4, 0.8]
+    spec = tmp_path / "norm.yaml"
+    spec.write_text(tiny[0].read_text().replace("input: {channels: 3, size: 32}",
+                                                f"input: {{channels: 3, size: 32, mean: {mean}, std: {std}}}"))
+    seen: list[torch.Tensor] = []
+    real = T.train_step
+
+    def step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+             y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(x.clone())
+        return real(net, opt, x, y)
+
+    monkeypatch.setattr(T, "train_step", step)
+    train(TrainOptions(spec, tiny[1], out=tmp_path / "run", iterations=2, eval_every=2, progress=False))
+    x = torch.cat(seen).double()
+    v = (x * torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+         + torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) * 255  # the oracle's inverse: back to 0..255
+    image = x != 0
+    assert image.float().mean() > 0.8 and ((v - v.round()).abs()[image] < 1e-3).all()
+    assert v[image].min() > -1e-3 and v[image].max() < 255 + 1e-3
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert "pixel_mean" not in ck and ck["normalize"] == {"mean": mean, "std": std}
+    assert resdsl_main(["compile", str(spec), "--target", "torch", "-o", str(tmp_path / "a"), "-q", "--weights",
+                        str(tmp_path / "run" / "last.pt"), "--eval-data", str(tiny[1])]) == 0
+    assert resdsl_main(["compile", str(spec), "--target", "torch", "-o", str(tmp_path / "b"), "-q", "--weights",
+                        str(trained / "last.pt"), "--eval-data", str(tiny[1])]) == 2
+    assert not (tmp_path / "b").exists()
+
+
 def test_schedules(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     rec = {"iterations": 100, "optimizer": {"lr": 0.1}, "schedule": {"kind": "step", "milestones": [50, 75],
                                                                       "gamma": 0.1}}

@@ -11,7 +11,8 @@ Two schemes, because the two runtimes want different models:
 
 BatchNorm is folded into the convolutions first (ONNX Runtime's pre-processing), so each conv, with its add and
 ReLU, is one quantized unit. Calibration takes the first ``samples`` images of a fixed shuffle of the data's
-training split, preprocessed as ``resdsl train`` does; the same data gives the same bytes.
+training split, preprocessed as ``resdsl train`` does (:func:`resdsl.data.preprocessing`: the spec's
+``input.mean``/``input.std``, else the per-pixel mean); the same data gives the same bytes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
 from .onnx_file import INPUT, load_model, need, save
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def quantize(fp32: Path, out: Path, spec: Spec, options: CompileOptions) -> dict
     q = need("onnxruntime.quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    images, mean_from, data_sha = calibration_images(spec, options)
+    images, preprocessing, data_sha = calibration_images(spec, options)
     scheme = options.scheme
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quant-") as tmp:
         pre, raw = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
@@ -60,30 +60,30 @@ def quantize(fp32: Path, out: Path, spec: Spec, options: CompileOptions) -> dict
     save(model, out)
     load_model(out)  # the digest and onnx's checker, as every reader will
     return {"scheme": scheme, "method": options.calibration_method, "samples": len(images),
-            "calibration": {"data": str(options.calibration), "images_sha256": data_sha, "mean": mean_from},
+            "calibration": {"data": str(options.calibration), "images_sha256": data_sha,
+                            "preprocessing": preprocessing},
             "activations": "uint8, per tensor" if scheme == "ort" else "int8 symmetric, per tensor",
             "weights": "int8 symmetric, per output channel", "scales_sha256": scales_digest(model),
             "quantizer": "onnxruntime.quantization.quantize_static (QDQ)"}
 
 
 def calibration_images(spec: Spec, options: CompileOptions) -> tuple[np.ndarray, str, str]:
-    """The preprocessed calibration images [N, C, H, W] (float32), where their mean came from, and the sha256
-    of the uint8 images chosen (the manifest's record of exactly what calibrated the scales)."""
-    from ..data import load_dataset, training_mean
+    """The preprocessed calibration images [N, C, H, W] (float32), how they were preprocessed (and where the
+    normalisation came from), and the sha256 of the uint8 images chosen (the manifest's record of exactly what
+    calibrated the scales). The data is the one ``compile_spec`` read and checked before the export, else read
+    here."""
+    from ..data import Labelled, Trained, calibration_sample, load_dataset, preprocessing
 
-    assert options.calibration is not None
-    ds = load_dataset(options.calibration, classes=spec.classes, size=spec.in_size, channels=spec.in_channels)
-    n = options.calibration_samples
-    if len(ds.train_x) < n:
-        raise InputError(f"--calibration {options.calibration}: its training split has {len(ds.train_x)} images, "
-                         f"fewer than --calibration-samples {n}; lower it or add images")
-    import torch
-
-    order = torch.randperm(len(ds.train_x), generator=torch.Generator().manual_seed(0))[:n]
-    chosen = ds.train_x[order]
-    mean, where = training_mean(options.weights, ds)
-    x = (chosen.float() / 255 - mean).numpy().astype(np.float32)
-    return x, where, hashlib.sha256(chosen.numpy().tobytes()).hexdigest()
+    path = options.calibration
+    assert path is not None
+    data = options.loaded.get(path)
+    if not isinstance(data, Labelled):
+        ds = load_dataset(path, classes=spec.classes, size=spec.in_size, channels=spec.in_channels,
+                          option="--calibration")
+        data = Labelled(path, ds, preprocessing(spec.normalize, ds, Trained.read(options.weights)))
+    chosen = calibration_sample(data.dataset, options.calibration_samples, path)
+    x = data.preprocess.apply(chosen).numpy().astype(np.float32, copy=False)
+    return x, data.preprocess.describe(), hashlib.sha256(chosen.numpy().tobytes()).hexdigest()
 
 
 def scales_digest(model: onnx.ModelProto) -> str:
