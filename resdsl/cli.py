@@ -126,6 +126,9 @@ def parser() -> argparse.ArgumentParser:
     from .listing import add_list_command  # list: analytic counts, no torch
 
     add_list_command(sub)
+    from .draw import add_draw_command  # draw: matplotlib is imported inside it; no torch
+
+    add_draw_command(sub)
     from .commands import add_commands  # compile, verify: their heavy imports stay inside them
 
     add_commands(sub)
