@@ -19,7 +19,7 @@ from resdsl.runtime import load as load_artefact
 from resdsl.spec import load as load_spec
 
 from .conftest import DEEP, ROOT, SPECS, VALID_SPECS, spec_id
-from .test_torch_backend import reference_weights
+from .golden import reference_weights
 
 #: Specs whose full-size sweep runs in `make test-all` only (marked slow), each with the spec that checks the same
 #: configuration at full size in the default run (`make test`): the same block, shortcut, stride placement,

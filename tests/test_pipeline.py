@@ -21,7 +21,7 @@ from resdsl.pipeline import CompileOptions, compile_spec
 from resdsl.runtime import load as load_artefact
 
 from .conftest import ROOT, SPECS
-from .test_torch_backend import reference_weights
+from .golden import reference_weights
 
 CIFAR = SPECS / "cifar" / "resnet20.yaml"
 SCHEMA = json.loads((ROOT / "resdsl" / "schemas" / "manifest.schema.json").read_text())

@@ -14,6 +14,7 @@ from resdsl import build, load
 from resdsl.spec import loads
 
 from .conftest import DEEP, SPECS, VALID_SPECS, spec_id
+from .golden import reference_weights
 
 TINY = """resdsl: 1
 name: tiny
@@ -26,29 +27,6 @@ stages:
   - {width: 16, blocks: 2, stride: 2}
 head: {classes: 5}
 """
-
-
-def reference_weights(entries: list) -> dict[str, torch.Tensor]:
-    """The deterministic weights of the reference README, in torchvision's key order."""
-    sd: dict[str, torch.Tensor] = {}
-    i = 0
-    for key, shape in entries:
-        if key.endswith("num_batches_tracked"):
-            sd[key] = torch.tensor(0)
-            continue
-        n = int(np.prod(shape)) if shape else 1
-        base = np.sin(0.37 * np.arange(n, dtype=np.float64) + i).reshape(shape)
-        if key.endswith("running_var"):
-            v = 1 + 0.25 * (1 + base)
-        elif len(shape) > 1:
-            v = base / math.sqrt(n / shape[0])
-        elif key.endswith("weight"):
-            v = 1 + 0.1 * base
-        else:
-            v = 0.1 * base
-        sd[key] = torch.from_numpy(v.astype(np.float32))
-        i += 1
-    return sd
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])

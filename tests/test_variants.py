@@ -24,7 +24,7 @@ from resdsl.pipeline import CompileOptions, compile_spec
 from resdsl.spec import Spec
 
 from .conftest import DATA, SPECS
-from .test_torch_backend import reference_weights
+from .golden import reference_weights
 
 TIMM = json.loads((DATA / "timm-resnet-reference.json").read_text())
 GOLDEN = json.loads((DATA / "timm-golden-logits.json").read_text())

@@ -39,16 +39,17 @@ import enum
 import importlib.abc
 import importlib.machinery
 import json
-import math
 import subprocess
 import sys
 import types
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.golden
+from tests.golden import reference_weights
 
 #: Models recorded in timm-resnet-reference.json (plain resnet50 is a control).
 MODELS = [
@@ -172,35 +173,6 @@ def import_timm(src: Path):
 
 
 # --------------------------------------------------------------------------- weights
-
-def reference_weights(entries: list) -> dict[str, torch.Tensor]:
-    """The deterministic weights of tests/data/reference-README.md, in the given key order.
-
-    Float entries are numbered i = 0, 1, ... in order (``num_batches_tracked`` is skipped
-    and set to 0); base = sin(0.37*k + i), k = 0..n-1, in float64, shaped like the entry.
-    running_var = 1 + 0.25*(1 + base); entries with more than one dimension =
-    base / sqrt(n / shape[0]); other ``*.weight`` = 1 + 0.1*base; the rest = 0.1*base.
-    """
-    sd: dict[str, torch.Tensor] = {}
-    i = 0
-    for key, shape in entries:
-        if key.endswith("num_batches_tracked"):
-            sd[key] = torch.tensor(0)
-            continue
-        n = int(np.prod(shape)) if shape else 1
-        base = np.sin(0.37 * np.arange(n, dtype=np.float64) + i).reshape(shape)
-        if key.endswith("running_var"):
-            v = 1 + 0.25 * (1 + base)
-        elif len(shape) > 1:
-            v = base / math.sqrt(n / shape[0])
-        elif key.endswith("weight"):
-            v = 1 + 0.1 * base
-        else:
-            v = 0.1 * base
-        sd[key] = torch.from_numpy(v.astype(np.float32))
-        i += 1
-    return sd
-
 
 def linspace_input(size: int) -> torch.Tensor:
     return torch.linspace(-1, 1, 3 * size * size).reshape(1, 3, size, size)
