@@ -216,3 +216,24 @@ def test_aoti_of_the_variants_verifies(att: str, tmp_path: Path) -> None:
     v = m.verification
     assert m.target == "aoti" and v is not None and v["passed"] and v["flops"]["passed"]
     assert v["checks"] and all(c["backend"] == "aoti" and c["rel"] <= 1e-4 for c in v["checks"])
+
+
+@pytest.mark.parametrize("att", ["se", "eca"])
+def test_int8_variants_reach_tensorrt_as_a_strongly_typed_build(quantized: dict, att: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the TensorRT stand-in (tests/fake_tensorrt.py): the Q/DQ model with the pooled shortcuts and the
+    attention is parsed into a strongly typed network with fp32 I/O and no precision flag. (ECA's Conv1d reaches
+    TensorRT's ONNX parser as a 1-D Conv, which the parser runs as a 2-D one over an unsqueezed axis.)"""
+    from resdsl.backends import trt_build
+    from resdsl.options import BatchProfile, TrtOptions
+
+    from . import fake_tensorrt
+
+    monkeypatch.setattr(trt_build, "_import_trt", lambda: fake_tensorrt)
+    monkeypatch.setattr(trt_build, "_require_gpu", lambda: ("NVIDIA H100 80GB HBM3", "9.0"))
+    onnx_file = quantized[att, "trt"] / "model.onnx"
+    info = trt_build.build_engine(onnx_file, tmp_path / "m.engine", BatchProfile.parse("1:8:32"), TrtOptions(),
+                                  precision="int8", io="fp32")
+    engine = json.loads((tmp_path / "m.engine").read_bytes())
+    assert engine["strongly_typed"] and engine["builder_flags"] == []
+    assert [t[2] for t in engine["io"]] == ["float32", "float32"] and info["options"]["precision"] == "int8"
