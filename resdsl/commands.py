@@ -178,7 +178,8 @@ def _add_compile(sub: Any) -> None:
     c.add_argument("--target", choices=tuple(TARGETS), default="onnx", help="what to write (default: onnx)")
     c.add_argument("-o", "--output", type=Path, metavar="DIR", help="artefact directory (default build/NAME)")
     c.add_argument("--weights", type=Path, metavar="FILE",
-                   help="a resdsl checkpoint or a PyTorch state_dict (torchvision's included)")
+                   help="a resdsl checkpoint, a PyTorch state_dict (torchvision's included) or a safetensors file "
+                   "(timm's)")
     c.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                    help="fp16 makes the ONNX graph itself float16 (how TensorRT 11 takes reduced precision); int8 "
                    "(onnx target) adds Q/DQ nodes with scales from --calibration")

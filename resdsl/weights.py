@@ -1,7 +1,9 @@
-"""Loading trained weights: resdsl checkpoints and plain state_dicts (torchvision's included).
+"""Loading trained weights: resdsl checkpoints, plain state_dicts (torchvision's included) and safetensors files
+(timm's).
 
 Files are read with ``torch.load(weights_only=True)``, which unpickles tensors
-and containers only, never code. Keys and shapes are checked strictly before
+and containers only, never code; safetensors files (recognised by their header,
+whatever their name) with the safetensors library, which holds no code at all. Keys and shapes are checked strictly before
 anything is copied; the error lists the first missing, unexpected and
 mis-shaped keys and names the specs whose layout the file does fit.
 """
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .data import Trained
-from .errors import InputError
+from .errors import BackendUnavailable, InputError
 from .layout import specs_fitting, state_layout
 
 if TYPE_CHECKING:
@@ -54,9 +56,38 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     return w.state, w.format
 
 
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then the JSON header (timm's and Hugging Face's
+    checkpoints, ``model.safetensors``)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size
+
+
+def _read_safetensors(path: Path) -> WeightsFile:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise BackendUnavailable(f"weights file {path} is a safetensors file, which needs the safetensors package: "
+                                 "pip install safetensors") from None
+    try:
+        state = load_file(path, device="cpu")
+    except (SafetensorError, ValueError, OSError) as e:
+        raise InputError(f"cannot read weights file {path}: it starts like a safetensors file but "
+                         f"{str(e).splitlines()[0][:200]}; the file is damaged or truncated, download it again") \
+            from None
+    return WeightsFile(path, {k.removeprefix("module."): v for k, v in state.items()}, "safetensors", None)
+
+
 def read_weights(path: str | Path) -> WeightsFile:
-    """Read a weights file (see :class:`WeightsFile`)."""
+    """Read a weights file (see :class:`WeightsFile`): a PyTorch or resdsl checkpoint, or a safetensors file."""
     path = Path(path)
+    if path.is_file() and _is_safetensors(path):
+        return _read_safetensors(path)
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -68,7 +99,8 @@ def read_weights(path: str | Path) -> WeightsFile:
         why = ("it does not unpickle as tensors and plain containers (weights_only=True; pickled code is refused)"
                if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
         raise InputError(f"cannot read weights file {path}: {why}. "
-                         "It must be a PyTorch checkpoint (torch.save of a state_dict) or a resdsl checkpoint") \
+                         "It must be a PyTorch checkpoint (torch.save of a state_dict), a safetensors file or a resdsl "
+                         "checkpoint") \
             from None
     trained = Trained.from_checkpoint(obj, path)
     fmt = "state_dict"

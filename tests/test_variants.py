@@ -237,3 +237,30 @@ def test_int8_variants_reach_tensorrt_as_a_strongly_typed_build(quantized: dict,
     engine = json.loads((tmp_path / "m.engine").read_bytes())
     assert engine["strongly_typed"] and engine["builder_flags"] == []
     assert [t[2] for t in engine["io"]] == ["float32", "float32"] and info["options"]["precision"] == "int8"
+
+
+def test_a_timm_safetensors_checkpoint_compiles_and_gives_timm_s_logits(tmp_path: Path, cli: Any) -> None:
+    """timm publishes its weights as safetensors: such a file (here timm's layout under the reference weights)
+    compiles with --weights and the artefact gives the logits timm's own model gave; a truncated copy is refused
+    with nothing written."""
+    from safetensors.torch import save_file
+
+    from resdsl.runtime import load as load_artefact
+
+    name = "resnet50d"  # the artefact takes the spec's 224x224 input: timm's logits at 224
+    case = next(c for c in GOLDEN["extra_cases"] if c["model"] == name and c["input_size"] == [224, 224])
+    save_file(reference_weights(TIMM["models"][name]["state_dict"]), tmp_path / "model.safetensors")
+    r = cli("compile", str(SPECS / "timm" / f"{name}.yaml"), "--target", "torch", "-o", str(tmp_path / "art"),
+            "--weights", str(tmp_path / "model.safetensors"))
+    assert r.returncode == 0, r.stderr
+    assert read(tmp_path / "art").weights["format"] == "safetensors"  # type: ignore[index]
+    h, w = case["input_size"]
+    x = np.linspace(-1, 1, 3 * h * w, dtype=np.float32).reshape(1, 3, h, w)
+    gold = np.array(case["logits"])
+    np.testing.assert_allclose(load_artefact(tmp_path / "art")(x)[0], gold, rtol=1e-5, atol=1e-5 * np.abs(gold).max())
+    blob = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(blob[: len(blob) // 2])
+    r = cli("compile", str(SPECS / "timm" / f"{name}.yaml"), "--target", "torch", "-o", str(tmp_path / "cut"),
+            "--weights", str(tmp_path / "cut.safetensors"))
+    assert r.returncode == 2 and "cut.safetensors" in r.stderr and "truncated" in r.stderr, r.stderr
+    assert not (tmp_path / "cut").exists()
