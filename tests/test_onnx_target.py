@@ -24,8 +24,9 @@ from .golden import reference_weights
 #: Specs whose full-size sweep runs in `make test-all` only (marked slow), each with the spec that checks the same
 #: configuration at full size in the default run (`make test`): the same block, shortcut, stride placement,
 #: inner-width rule, stem and attention, only fewer blocks (or a CIFAR stem), so the same ONNX ops, names and
-#: export path. A pair of specs stands in for a net that combines two features checked apart (seresnext50_32x4d:
-#: ResNeXt's grouped convs and SE): each part of its configuration is that of one of the pair.
+#: export path. A pair of specs stands in for a net whose features are checked apart (seresnext50_32x4d: ResNeXt's
+#: grouped convs and SE; resnet50d: ecaresnet50d's deep stem and shortcut D, and a bottleneck without attention):
+#: each part of its configuration is that of one of the pair.
 #: Shrinking their input would not do: torch's ONNX export grows with depth, not input size (measured, one
 #: process: ResNeXt-101 32x8d 23.8 s at 224 and at 64, torchvision ResNet-152 26 s vs 22 s, ResNet-34-C 10 s vs 8 s).
 COVERED_BY = {
@@ -49,11 +50,12 @@ COVERED_BY = {
     "cifar/resnet110.yaml": "cifar/resnet20.yaml",
     "cifar/plain56.yaml": "cifar/plain20.yaml",
     "timm/resnet34d.yaml": "timm/resnet18d.yaml",
-    "timm/resnet50d.yaml": "timm/resnet26d.yaml",
-    "timm/resnet101d.yaml": "timm/resnet26d.yaml",
-    "timm/resnet152d.yaml": "timm/resnet26d.yaml",
-    "timm/resnet50c.yaml": ("torchvision/resnet50.yaml", "timm/resnet26d.yaml"),
-    "timm/resnet50s.yaml": ("torchvision/resnet50.yaml", "timm/resnet26d.yaml"),
+    "timm/resnet26d.yaml": ("timm/ecaresnet50d.yaml", "torchvision/resnet50.yaml"),
+    "timm/resnet50d.yaml": ("timm/ecaresnet50d.yaml", "torchvision/resnet50.yaml"),
+    "timm/resnet101d.yaml": ("timm/ecaresnet50d.yaml", "torchvision/resnet50.yaml"),
+    "timm/resnet152d.yaml": ("timm/ecaresnet50d.yaml", "torchvision/resnet50.yaml"),
+    "timm/resnet50c.yaml": ("torchvision/resnet50.yaml", "timm/ecaresnet50d.yaml"),
+    "timm/resnet50s.yaml": ("torchvision/resnet50.yaml", "timm/ecaresnet50d.yaml"),
     "timm/seresnext50_32x4d.yaml": ("torchvision/resnext50_32x4d.yaml", "timm/seresnet50.yaml"),
 }
 SWEEP = [pytest.param(p, marks=pytest.mark.slow) if p.name in DEEP or spec_id(p) in COVERED_BY else p
@@ -83,7 +85,7 @@ def test_every_slow_sweep_spec_is_covered_in_the_default_run() -> None:
     # one full-size net per family stays in the default run: paper layout, torchvision, ResNeXt/wide, CIFAR, preact,
     # and timm's deep stems, pooled projections and attention
     assert {"resnet50.yaml", "torchvision/resnet50.yaml", "torchvision/resnext50_32x4d.yaml", "cifar/resnet20.yaml",
-            "preact/resnet164.yaml", "timm/resnet26d.yaml", "timm/seresnet50.yaml", "timm/ecaresnet50d.yaml"} <= default
+            "preact/resnet164.yaml", "timm/resnet18d.yaml", "timm/seresnet50.yaml", "timm/ecaresnet50d.yaml"} <= default
 
 
 @pytest.mark.parametrize("path", SWEEP, ids=spec_id)
