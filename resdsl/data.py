@@ -301,18 +301,6 @@ class Trained:
         pixel_mean = mean.float() if isinstance(mean, torch.Tensor) else None
         return cls(path, pixel_mean, normalize) if pixel_mean is not None or normalize is not None else None
 
-    @classmethod
-    def read(cls, path: Path | None) -> Trained | None:
-        """The record in the weights file ``path`` (None when there is none, or no readable file): for callers
-        that do not load the weights themselves; :func:`resdsl.weights.read_weights` gives it with the weights."""
-        if path is None or not path.is_file():
-            return None
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # the weights loader reports a bad file, with its fix
-            return None
-        return cls.from_checkpoint(obj, path)
-
 
 @dataclass(frozen=True, eq=False)
 class Preprocess:

@@ -101,11 +101,12 @@ def _stem(b: _Builder, spec: Spec, x: Node) -> Node:
     sc = spec.stem.conv
     if not sc.inner:
         x = b.conv("conv1", "conv1", x, sc.channels, sc.kernel, sc.stride, "conv1")
-    for i, width in enumerate(sc.widths if sc.inner else ()):
-        x = b.conv(f"conv1.{3 * i}", f"conv1.{3 * i}", x, width, sc.kernel, sc.stride if i == 0 else 1, "conv1")
-        if i < len(sc.inner):
-            x = b.bn(f"conv1.{3 * i + 1}", f"conv1.{3 * i + 1}", x, "conv1")
-            x = b.relu(f"conv1.{3 * i + 2}", f"conv1.{3 * i + 2}", x, "conv1")
+    else:
+        for i, width in enumerate(sc.widths):
+            x = b.conv(f"conv1.{3 * i}", f"conv1.{3 * i}", x, width, sc.kernel, sc.stride if i == 0 else 1, "conv1")
+            if i < len(sc.inner):
+                x = b.bn(f"conv1.{3 * i + 1}", f"conv1.{3 * i + 1}", x, "conv1")
+                x = b.relu(f"conv1.{3 * i + 2}", f"conv1.{3 * i + 2}", x, "conv1")
     if spec.preact:
         return x
     x = b.bn("bn1", "conv1.bn", x, "conv1")

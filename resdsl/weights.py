@@ -2,8 +2,9 @@
 (timm's).
 
 Files are read with ``torch.load(weights_only=True)``, which unpickles tensors
-and containers only, never code; safetensors files (recognised by their header,
-whatever their name) with the safetensors library, which holds no code at all. Keys and shapes are checked strictly before
+and containers only, never code; safetensors files (recognised by their
+header, whatever their name) with the safetensors library, which holds no
+code at all. Keys and shapes are checked strictly before
 anything is copied; the error lists the first missing, unexpected and
 mis-shaped keys and names the specs whose layout the file does fit.
 """

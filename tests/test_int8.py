@@ -155,6 +155,7 @@ def test_calibration_preprocesses_as_the_spec_says_and_reads_the_data_once(
     input.mean/std, else x / 255 minus the per-pixel mean of the training split (random weights); the data
     directory is read once for calibration and the accuracy check, and the weights are not read for it."""
     import resdsl.data
+    import resdsl.weights
     from resdsl.backends import onnx_quant
 
     from .test_evaluate import numpy_inputs, write_tiny_data, write_tiny_spec
@@ -174,7 +175,7 @@ def test_calibration_preprocesses_as_the_spec_says_and_reads_the_data_once(
 
     monkeypatch.setattr(onnx_quant, "_Reader", reader)
     monkeypatch.setattr(resdsl.data, "load_dataset", load_dataset)
-    monkeypatch.setattr(resdsl.data.Trained, "read", lambda path: pytest.fail("the weights were read again"))
+    monkeypatch.setattr(resdsl.weights, "read_weights", lambda path: pytest.fail("the weights were read again"))
     _, m = compile_spec(write_tiny_spec(tmp_path, normalize), CompileOptions(
         target="onnx", out=tmp_path / "o", precision="int8", calibration=data, calibration_samples=24,
         eval_max_drop=100))
