@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SPEC   ?= specs/resnet152.yaml
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-all lint bench clean cpp-deps
+.PHONY: demo test test-all lint docs bench clean system-deps
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,18 +19,21 @@ $(VENV)/.installed: pyproject.toml Makefile
 	    $(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/trt-bindings/$$v "tensorrt_cu12_bindings==$$v" || exit 1; \
 	  done; \
 	fi
-	$(MAKE) --no-print-directory cpp-deps
+	$(MAKE) --no-print-directory system-deps
 	touch $@
 
-# examples/cpp reads manifest.json with nlohmann/json and hashes files with OpenSSL: their headers come from the
-# system's packages. Installed with apt-get where this runs as root on Debian/Ubuntu; otherwise a note (the C++
-# test then skips, saying what to install).
-cpp-deps:
-	@if [ -f /usr/include/nlohmann/json.hpp ] && [ -f /usr/include/openssl/evp.h ]; then :; \
+# From the system's packages: examples/cpp reads manifest.json with nlohmann/json and hashes files with OpenSSL,
+# and the accuracy tests read Fashion-MNIST (70,000 labelled images, MIT licence) from dataset-fashion-mnist.
+# Installed with apt-get where this runs as root on Debian/Ubuntu; otherwise a note (the tests that need them then
+# skip, saying what to install).
+SYSTEM_PACKAGES := nlohmann-json3-dev libssl-dev dataset-fashion-mnist
+system-deps:
+	@if [ -f /usr/include/nlohmann/json.hpp ] && [ -f /usr/include/openssl/evp.h ] && \
+	    [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then :; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  apt-get install -y -q --no-install-recommends nlohmann-json3-dev libssl-dev >/dev/null || \
-	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends nlohmann-json3-dev libssl-dev >/dev/null; }; \
-	else echo "note: examples/cpp needs nlohmann-json3-dev and libssl-dev (sudo apt-get install nlohmann-json3-dev libssl-dev)"; fi
+	  apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; }; \
+	else echo "note: examples/cpp and the Fashion-MNIST tests need $(SYSTEM_PACKAGES) (sudo apt-get install $(SYSTEM_PACKAGES))"; fi
 
 # Main job: validate every spec, reproduce Table 1, then compile SPEC to ONNX, verify it, and check it again.
 demo: $(VENV)/.installed
@@ -53,6 +56,11 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check resdsl tests bench cli.py
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The documentation site (docs/, mkdocs.yml) into build/site; --strict turns every warning (a broken link or
+# anchor, a page missing from the navigation) into a failure.
+docs: $(VENV)/.installed
+	$(BIN)/mkdocs build --strict --quiet -d build/site
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/flops.py

@@ -58,7 +58,7 @@ def latency_ratios(tmp: Path, threads: int, repeat: int, rounds: int) -> None:
     for scheme in ("ort", "trt"):
         arts[f"ort int8 ({scheme})"] = compile_spec(spec, CompileOptions(
             out=tmp / scheme, batch="1:1:8", precision="int8", calibration=data, calibration_samples=128,
-            quant_scheme=scheme, eval_max_drop=100))[0]  # random weights: accuracy is not the point here
+            quant_scheme=scheme, eval_max_drop=100, random_weights_ok=True, resize=True))[0]  # latency only
     runs = {**{k: ("ort", str(v)) for k, v in arts.items()}, "torch eager fp32": ("eager", str(spec))}
     print(f"resnet50 (torchvision layout, 10-class head), 224x224, {threads} threads; each runtime in its own "
           f"process, {rounds} alternating rounds of {repeat} runs; median of round medians")

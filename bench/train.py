@@ -58,7 +58,8 @@ def plain_loop(data: Path, batch: int, steps: int) -> float:
     import torch.nn.functional as F
 
     from resdsl.backends.torch import build
-    from resdsl.data import augment, load_dataset
+    from resdsl.data import augment
+    from resdsl.readers import load_dataset
 
     ds = load_dataset(data, classes=10, size=(32, 32), channels=3)
     x_all, y_all, mean = ds.train_x, ds.train_y, ds.pixel_mean()

@@ -29,7 +29,8 @@ FLAGS = {"target": "--target", "out": "-o", "weights": "--weights", "precision":
          "eval_max_drop": "--max-drop", "calibration": "--calibration", "calibration_samples": "--calibration-samples",
          "calibration_method": "--calibration-method", "quant_scheme": "--quant-scheme",
          "max_queue_delay_us": "--max-queue-delay-us", "instances": "--instances", "kind": "--kind",
-         "cuda_graphs": "--cuda-graphs", "dynamic_batching": "--dynamic-batching"}
+         "cuda_graphs": "--cuda-graphs", "dynamic_batching": "--dynamic-batching", "resize": "--resize",
+         "random_weights_ok": "--random-weights"}
 _TRT = ("workspace_mib", "opt_level", "timing_cache", "tf32", "version_compatible")
 
 
@@ -62,19 +63,39 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
                           aoti=AotiOptions(args.device) if args.device is not None else None,
                           eval_data=args.eval_data, eval_max_drop=args.max_drop, calibration=args.calibration,
                           calibration_samples=args.calibration_samples, calibration_method=args.calibration_method,
-                          quant_scheme=args.quant_scheme)
+                          quant_scheme=args.quant_scheme, resize=args.resize, random_weights_ok=args.random_weights)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .pipeline import compile_spec
 
     out, m = compile_spec(args.spec, compile_options(args), Progress(quiet=args.quiet))
-    v = m.verification or {}
-    worst = max((c["rel"] for c in v.get("checks", [])), default=0.0)
     print(f"{out}: {', '.join(m.files)} + manifest.json ({m.name}, {m.target}, {m.precision}, {m.counts.gmacs} "
-          f"GMACs); verified at batch {', '.join(str(c['batch']) for c in v.get('checks', []))}, "
-          f"max rel err {worst:.1e}")
+          f"GMACs); {verified(m)}")
     return 0
+
+
+def verified(m: Any) -> str:
+    """What compile's checks established, in a user's words: against the module on random inputs (values for
+    fp32/fp16; shapes and finite logits only for int8) and, when run, top-1 on labelled images."""
+    v = m.verification or {}
+    checks = v.get("checks", [])
+    batches = ", ".join(str(b) for b in dict.fromkeys(c["batch"] for c in checks))
+    if m.precision == "int8":
+        said = f"right shapes and finite logits on random inputs at batch {batches}"
+    else:
+        worst = max((c["rel"] for c in checks), default=0.0)
+        said = f"equals the module on random inputs at batch {batches} (max rel err {worst:.1e})"
+    acc = v.get("accuracy")
+    if acc:
+        said += (f"; top-1 on {acc['images']} labelled {acc.get('split', 'test')} images "
+                 f"{acc['artefact']['top1']:.2f}% against the module's {acc['module']['top1']:.2f}% "
+                 f"(drop {acc['drop']:+.2f} points, budget {acc['max_drop']:g})")
+        if acc.get("preprocessing", "").startswith("images resized"):
+            said += f"; {acc['preprocessing'].split(';')[0]}"
+        if acc.get("untrained"):
+            said += "; the weights are random, so that accuracy is chance level and proves nothing"
+    return said
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -93,8 +114,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if m.precision == "int8" or acc:
         recorded = (f"; at compile: top-1 {acc['artefact']['top1']:.2f}% against the module's "
                     f"{acc['module']['top1']:.2f}% on {acc['data']}") if acc else ""
-        print(f"{d}: note: random inputs check shapes and values{' only' if m.precision == 'int8' else ''}; "
-              f"accuracy is checked on labelled images by `resdsl evaluate {d} --data DATA`{recorded}")
+        what = ("random inputs check only the shapes and finite logits of an int8 artefact" if m.precision == "int8"
+                else "random inputs check that the artefact computes the module's function")
+        print(f"{d}: note: {what}; accuracy is checked on labelled images by `resdsl evaluate {d} --data DATA`"
+              f"{recorded}")
     return 0
 
 
@@ -118,7 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     opts = EvalOptions(data=args.data, split=args.split, batch_size=args.batch, limit=args.limit,
                        max_drop=args.max_drop, weights=args.weights, threads=args.threads,
-                       providers=(args.provider,) if args.provider else None)
+                       providers=(args.provider,) if args.provider else None, resize=args.resize)
     result = evaluate(args.directory, opts, Progress(quiet=args.quiet or args.json))
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
     if not result.passed:
@@ -203,6 +226,10 @@ def _add_compile(sub: Any) -> None:
                    "the artefact's top-1 on their test split is checked against the fp32 module's, and recorded")
     c.add_argument("--max-drop", type=float, metavar="POINTS", help="with --eval-data: the top-1 budget (default "
                    "0.2 points); more refuses the artefact")
+    c.add_argument("--resize", action="store_true", help="resize --eval-data/--calibration images of another size "
+                   "than the spec's input (default: refuse them); said in the output and the manifest")
+    c.add_argument("--random-weights", action="store_true", help="allow --eval-data or int8 without --weights: "
+                   "the accuracy of an untrained net proves nothing, and the output says so")
     c.add_argument("--verify-batch", metavar="N,N,...", help="batch sizes to verify at (default: MIN, MIN+2, and "
                    "MAX when MAX <= 8)")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -253,11 +280,14 @@ def _add_evaluate(sub: Any) -> None:
     e = sub.add_parser("evaluate", help="top-1/top-5 of an artefact on labelled images, beside its fp32 module")
     e.add_argument("directory", metavar="DIR")
     e.add_argument("--data", type=Path, required=True, metavar="DATA", help="a dataset in a layout resdsl train "
-                   "reads (CIFAR python batches, or image folders DATA/train/<class>, DATA/val/<class>)")
+                   "reads (CIFAR python batches, MNIST-family IDX files, or image folders DATA/train/<class>, "
+                   "DATA/val/<class>)")
     e.add_argument("--split", choices=("test", "train"), default="test", help="which split (default: test / val)")
     e.add_argument("--batch", type=int, metavar="N", help="images per call (default: up to 64, within the "
                    "artefact's batch range)")
     e.add_argument("--limit", type=int, metavar="N", help="the first N images only")
+    e.add_argument("--resize", action="store_true", help="resize images of another size than the spec's input "
+                   "(default: refuse them); said in the output")
     e.add_argument("--max-drop", type=float, metavar="POINTS", help="exit 1 when the artefact's top-1 falls more "
                    "than this below the module's")
     e.add_argument("--weights", type=Path, metavar="FILE", help="the weights file, if it moved since compile")

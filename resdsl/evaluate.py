@@ -5,7 +5,7 @@ and top-5 on real labelled images, next to the full-precision PyTorch module reb
 weights (as ``resdsl verify`` rebuilds it), plus the share of images whose top-1 class the two agree on. With a
 budget (``max_drop``, in points of top-1) the result fails when the artefact falls further below the module.
 
-Images come from the layouts ``resdsl train`` reads (CIFAR python batches, image folders), at the spec's size
+Images come from the layouts ``resdsl train`` reads (CIFAR python batches, IDX files, image folders), at the spec's size
 and channels, and are preprocessed as training does (:func:`resdsl.data.preprocessing`): with the spec's
 ``input.mean``/``input.std``, ``(x / 255 - mean) / std`` per channel (torchvision's ImageNet weights: see
 specs/torchvision/); without them ``x / 255 - pixel_mean``, with the per-pixel mean stored in the resdsl training
@@ -52,6 +52,7 @@ class EvalResult:
     agreement: float  # percent of images whose top-1 class artefact and module agree on
     drop: float  # module top-1 - artefact top-1, in points
     max_drop: float | None
+    untrained: bool = False  # the artefact's weights are random: its accuracy proves nothing about a trained net
 
     @property
     def passed(self) -> bool:
@@ -69,7 +70,13 @@ class EvalResult:
             f"{'':<16}{'top-1':>9}{'top-5':>9}",
             f"{'module (fp32)':<16}{self.module.top1:>8.2f}%{self.module.top5:>8.2f}%",
             f"{'artefact':<16}{self.artefact.top1:>8.2f}%{self.artefact.top5:>8.2f}%",
-            f"top-1 agreement {self.agreement:.2f}%; top-1 drop {self.drop:+.2f} points{budget}"])
+            f"top-1 agreement {self.agreement:.2f}%; top-1 drop {self.drop:+.2f} points{budget}",
+            *([UNTRAINED] if self.untrained else [])])
+
+
+#: Said wherever an accuracy figure comes from random weights.
+UNTRAINED = ("note: the weights are random (compiled without --weights), so this accuracy is chance level and "
+             "proves nothing about how a trained net keeps its accuracy")
 
 
 def evaluate(directory: str | Path, options: EvalOptions, progress: Progress | None = None, *,
@@ -79,11 +86,12 @@ def evaluate(directory: str | Path, options: EvalOptions, progress: Progress | N
     before the export); None: read here."""
     import torch
 
-    from .data import load_dataset, preprocessing
+    from .data import preprocessing
     from .expand import expand
+    from .readers import load_dataset
     from .runtime import load
     from .spec import from_resolved
-    from .verify import rebuild_module
+    from .verify import rebuild_module, weights_path
     from .weights import read_weights
 
     progress = progress or Progress(quiet=True)
@@ -93,11 +101,12 @@ def evaluate(directory: str | Path, options: EvalOptions, progress: Progress | N
     spec = from_resolved(m.spec["resolved"], str(d / "manifest.json"))
     if data is None:
         with progress.step(f"reading {options.data}"):
-            ds = load_dataset(options.data, classes=spec.classes, size=spec.in_size, channels=spec.in_channels)
+            ds = load_dataset(options.data, classes=spec.classes, size=spec.in_size, channels=spec.in_channels,
+                              resize=options.resize)
     else:
         ds = data.dataset
     with progress.step("rebuilding the fp32 module"):  # the weights file is read once, for its preprocessing too
-        weights = read_weights(options.weights or m.weights["path"]) if m.weights.get("kind") == "file" else None
+        weights = read_weights(weights_path(m, d, options.weights)) if m.weights.get("kind") == "file" else None
         module = rebuild_module(expand(spec), m, d, weights)
     prep = data.preprocess if data is not None else \
         preprocessing(spec.normalize, ds, weights.trained if weights is not None else None)
@@ -119,8 +128,9 @@ def evaluate(directory: str | Path, options: EvalOptions, progress: Progress | N
     acc_a, acc_r = _accuracy(a, labels), _accuracy(r, labels)
     split = ds.test_name if options.split == "test" else "train"
     return EvalResult(str(d), m.name, m.target, m.precision, art.backend, str(options.data), split, len(labels),
-                      prep.describe(), acc_r, acc_a,
-                      100.0 * float((a.argmax(1) == r.argmax(1)).mean()), acc_r.top1 - acc_a.top1, options.max_drop)
+                      ds.describe(prep), acc_r, acc_a,
+                      100.0 * float((a.argmax(1) == r.argmax(1)).mean()), acc_r.top1 - acc_a.top1, options.max_drop,
+                      m.weights.get("kind") != "file")
 
 
 def _batches(x: Any, b: int, minimum: int) -> Iterator[tuple[Any, int]]:

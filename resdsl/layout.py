@@ -39,6 +39,35 @@ def state_layout(graph: Graph) -> Layout:
     return out
 
 
+#: What a state_dict cannot show: keys of a spec that change the function but not one key or shape of the weights.
+INVISIBLE = {"downsample": "where a bottleneck strides (1x1 or 3x3)", "shortcut": "the shortcut (option A's "
+             "zero-padded identity or none: a plain net)", "stem": "the stem's stride or pool",
+             "input": "the input size and normalisation", "dilation": "dilation"}
+
+
+def fits_hint(fits: list[str]) -> str:
+    """One or two sentences for an error: every spec the weights fit and, when several do, what weights cannot
+    tell apart between them (the spec keys that differ without changing a key or a shape)."""
+    if not fits:
+        return " No spec in specs/ fits them; check block type, blocks per stage and the number of classes."
+    if len(fits) == 1:
+        return f" These weights fit {fits[0]} (by keys and shapes)."
+    docs = {}
+    for f in fits:
+        try:
+            docs[f] = load(f).resolved
+        except Exception:  # listed by specs_fitting, so it loaded a moment ago
+            continue
+    differ = [what for key, what in INVISIBLE.items() if len({repr(d.get(key)) for d in docs.values()}) > 1]
+    plain = [f for f, d in docs.items() if d.get("shortcut") == "none"]
+    if plain and len(plain) < len(docs):
+        differ = [w for w in differ if not w.startswith("the shortcut")] + ["residual or plain (no shortcuts)"]
+    apart = "; ".join(differ) if differ else "nothing in the spec files' keys"
+    return (f" These weights fit {len(fits)} specs by keys and shapes: {', '.join(fits)}. Weights alone cannot tell "
+            f"them apart: they differ in {apart}, which change what the net computes but no weight. Use the spec the "
+            "weights were trained with.")
+
+
 def specs_fitting(layout: dict[str, tuple[int, ...]], search: list[Path]) -> list[str]:
     """Spec files under ``search`` whose layout equals ``layout`` exactly (keys and shapes)."""
     hits: list[str] = []

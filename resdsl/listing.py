@@ -62,12 +62,13 @@ def list_specs(directory: Path) -> tuple[list[Row], list[SpecError]]:
     """Load and count every spec under ``directory``; specs that fail to load come back as errors."""
     from .expand import expand
     from .flops import count
-    from .spec import load
+    from .spec import load, spec_tree
 
-    # ``extends`` may reach the whole listed tree, even when it lies outside the working directory
-    root = None if directory.resolve().is_relative_to(Path.cwd().resolve()) else directory
     rows, errors = [], []
     for path in spec_files(directory):
+        # ``extends`` may reach the spec's project, or at least the whole listed tree
+        tree = spec_tree(path)
+        root = tree if directory.resolve().is_relative_to(tree) else directory
         try:
             spec = load(path, root=root)
         except SpecError as e:

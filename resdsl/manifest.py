@@ -28,7 +28,7 @@ from .version import __version__
 SCHEMA = "resdsl.manifest/1"
 NAME = "manifest.json"
 #: Sections a target owns, keyed by the section's name in the file.
-SECTIONS = ("export", "quantization", "trt", "aoti")
+SECTIONS = ("preprocessing", "export", "quantization", "trt", "aoti")
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,8 @@ class CompileOptions:
     calibration_method: str = "minmax"     # int8: minmax, percentile or entropy (ONNX Runtime's calibrators)
     quant_scheme: str | None = None        # int8: "ort" (uint8 activations, ONNX Runtime's CPU kernels) or "trt";
                                            # None: trt for the trt target, ort otherwise
+    resize: bool = False                   # eval/calibration images of another size are resized (else refused)
+    random_weights_ok: bool = False        # accuracy check (eval_data, int8) on random weights, said to prove nothing
     #: Not an option: the labelled data (resdsl.data.Labelled, by path) compile_spec read and checked before the
     #: export, so that a target calibrates on it without reading it again; a path missing here is read when used.
     loaded: Mapping[Path, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -177,6 +179,18 @@ class CompileOptions:
                               "accuracy check, which needs {eval_data} (or {calibration})")
         if not all(_int(b) and b >= 1 for b in self.verify_batches):
             raise OptionError(f"{{verify_batches}} {self.verify_batches!r}: give batch sizes >= 1, like 1,3,8")
+        outside = [b for b in self.verify_batches if not self.batch.min <= b <= self.batch.max]
+        if outside:
+            span = (f"only at {self.batch.min}" if not self.batch.dynamic else
+                    f"at sizes from {self.batch.min} to {self.batch.max}")
+            raise OptionError(f"{{verify_batches}} {','.join(map(str, outside))}: outside {{batch}} {self.batch}, so "
+                              f"the artefact cannot run it; verify {span}, or widen {{batch}}")
+        if self.accuracy_data is not None and self.weights is None and not self.random_weights_ok:
+            asked = "{eval_data}" if self.eval_data is not None else "{precision} int8"
+            raise OptionError(f"{asked} without {{weights}}: the accuracy check would run on random weights, where "
+                              "every artefact is at chance level and int8 'keeps' it trivially, which proves "
+                              "nothing; give the trained {weights} FILE, or pass {random_weights_ok} if that is "
+                              "what you mean")
         for group, owner in TARGET_GROUPS.items():
             if getattr(self, group) is not None and self.target != owner:
                 given = [f.name for f in fields(getattr(self, group))
@@ -271,12 +285,15 @@ class EvalOptions:
     weights: Path | None = None
     threads: int | None = None
     providers: tuple[str, ...] | None = None
+    resize: bool = False  # images of another size than the spec's are resized (else refused)
 
     def __post_init__(self) -> None:
         if self.split not in ("test", "train"):
             raise OptionError(f"{{split}} {self.split!r}: choose test (the dataset's test or val split) or train")
-        if (self.batch_size is not None and self.batch_size < 1) or (self.limit is not None and self.limit < 1):
-            raise OptionError(f"{{batch_size}} {self.batch_size}, {{limit}} {self.limit}: both must be at least 1")
+        for name in ("batch_size", "limit"):
+            value = getattr(self, name)
+            if value is not None and (not _int(value) or value < 1):
+                raise OptionError(f"{{{name}}} {value!r}: must be a whole number, at least 1")
         if self.max_drop is not None and not 0 <= self.max_drop <= 100:
             raise OptionError(f"{{max_drop}} {self.max_drop}: give points of top-1 between 0 and 100, e.g. 1")
 
@@ -288,6 +305,6 @@ API_NAMES.update({
     **{f.name: f"TrtOptions.{f.name}" for f in fields(TrtOptions)},
     **{f.name: f"AotiOptions.{f.name}" for f in fields(AotiOptions)},
     **{f.name: f"BenchOptions.{f.name}" for f in fields(BenchOptions)},
-    **{f: f"EvalOptions.{f}" for f in ("split", "limit", "max_drop", "batch_size")},
+    **{f: f"EvalOptions.{f}" for f in ("split", "limit", "max_drop", "batch_size", "resize")},
     "providers": "providers (of resdsl.runtime.load, verify_artefact, BenchOptions or EvalOptions)",
 })

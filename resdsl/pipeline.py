@@ -63,6 +63,9 @@ def compile_spec(spec_path: str | Path, opts: CompileOptions, progress: Progress
     reference = Reference(lambda: _reference(graph, spec, opts, str(spec_path))[0], model)
     del model  # held by ``reference`` alone, so that verifying the last target can free it
     manifest = _manifest(spec, str(spec_path), opts, counts, weights)
+    prep = _preprocessing(spec, trained)
+    if prep is not None:
+        manifest = manifest.with_(sections={**manifest.sections, "preprocessing": prep})
     report = new_report(graph, opts.precision, counts.macs)
     with staging_dir(out, force=opts.force) as stage:
         for i, target in enumerate(targets):
@@ -92,13 +95,19 @@ def _accuracy_check(stage: Path, manifest: mf.Manifest, opts: CompileOptions, sp
 
     data = opts.accuracy_data
     assert data is not None
-    r = evaluate(stage, EvalOptions(data=data, max_drop=opts.max_drop, weights=opts.weights), progress,
+    r = evaluate(stage, EvalOptions(data=data, max_drop=opts.max_drop, weights=opts.weights, resize=opts.resize),
+                 progress,
                  data=opts.loaded.get(data))
     progress.note(f"  top-1 on {r.images} {r.split} images: module {r.module.top1:.2f}%, {r.backend} "
                   f"{r.artefact.top1:.2f}% (drop {r.drop:+.2f} points, budget {opts.max_drop:g})")
     accuracy = {"data": str(data), "split": r.split, "images": r.images, "module": asdict(r.module),
                 "artefact": asdict(r.artefact), "agreement": r.agreement, "drop": r.drop, "max_drop": opts.max_drop,
                 "preprocessing": r.preprocessing, "passed": r.passed}
+    if r.untrained:
+        from .evaluate import UNTRAINED
+
+        accuracy["untrained"] = True
+        progress.note(f"  {UNTRAINED}")
     if not r.passed:
         raise VerificationError(f"{spec_path}: the {manifest.precision} artefact's top-1 on {data} is "
                                 f"{r.drop:.2f} points below the fp32 module's ({r.artefact.top1:.2f}% against "
@@ -111,14 +120,15 @@ def _read_data(spec: Spec, opts: CompileOptions, progress: Progress) -> dict[Pat
     """The labelled data the compile uses (int8 calibration, the accuracy check), each directory read once and
     checked against the spec: a truncated or hostile file, images of the wrong shape, labels outside the head's
     classes or too few calibration images are refused before any heavy work."""
-    from .data import calibration_sample, load_dataset
+    from .data import calibration_sample
+    from .readers import load_dataset
 
     out: dict[Path, Dataset] = {}
     for path, option in ((opts.calibration, "--calibration"), (opts.eval_data, "--eval-data")):
         if path is not None and path not in out:
             with progress.step(f"reading {path}"):
                 out[path] = load_dataset(path, classes=spec.classes, size=spec.in_size, channels=spec.in_channels,
-                                         option=option)
+                                         option=option, resize=opts.resize)
     if opts.calibration is not None:
         calibration_sample(out[opts.calibration], opts.calibration_samples, opts.calibration)
     return out
@@ -140,6 +150,20 @@ def _reference(graph: Any, spec: Spec, opts: CompileOptions, source: str
         entry = {"kind": "random", "seed": opts.seed, "sha256": state_digest(model.state_dict()),
                  "note": f"randomly initialised (He et al. 2015) from seed {opts.seed}; not trained"}
     return model.eval(), entry, trained
+
+
+def _preprocessing(spec: Spec, trained: Trained | None) -> dict[str, Any] | None:
+    """The manifest's ``preprocessing``: what an application must do to an image, from the spec's
+    ``input.mean``/``input.std`` or the per-pixel mean a resdsl training checkpoint recorded; None when neither
+    says (random weights, or a plain state_dict for a spec without them)."""
+    if spec.normalize is not None:
+        return {"rule": "(x / 255 - mean) / std", "per": "channel", "mean": list(spec.normalize.mean),
+                "std": list(spec.normalize.std), "source": "the spec's input.mean and input.std"}
+    if trained is not None and trained.pixel_mean is not None:
+        mean = [float(f"{v:.9g}") for v in trained.pixel_mean.flatten().tolist()]  # float32 exactly, shorter
+        return {"rule": "x / 255 - mean", "per": "pixel", "mean": mean,
+                "source": f"the training checkpoint {Path(trained.path).name} (its training images' mean)"}
+    return None
 
 
 def _manifest(spec: Spec, source: str, opts: CompileOptions, counts: FlopReport, weights: dict[str, Any]

@@ -43,10 +43,11 @@ from torch import nn
 
 from . import distributed, metrics
 from .atomic import write_bytes_atomic
-from .data import Dataset, Preprocess, Sampler, augment, load_dataset, preprocessing, stream_generator
+from .data import Dataset, Preprocess, Sampler, augment, preprocessing, stream_generator
 from .errors import InputError, ResdslError
 from .options import DEFAULT_LIMITS, Limits
 from .progress import Progress
+from .readers import load_dataset
 from .spec import Spec, load
 
 FORMAT = "resdsl.checkpoint/1"
@@ -77,6 +78,7 @@ class TrainOptions:
     device: str = "auto"
     progress: bool | None = None  # False: quiet; else a line per evaluation (and a live counter on a terminal)
     limits: Limits = DEFAULT_LIMITS  # size limits, checked once before the module is built
+    resize: bool = False  # images of another size than the spec's are resized (else refused)
 
 
 def recipe(spec: Spec, o: TrainOptions) -> dict[str, Any]:
@@ -205,7 +207,9 @@ class _Run:
             raise InputError(f"{self.ckpt_path} exists: pass --resume to continue that run, or choose another --out")
         self.batch, self.iters, self.seed = rec["batch"], rec["iterations"], rec["seed"]
         self.ds = load_dataset(o.data, classes=spec.classes, size=spec.in_size, channels=spec.in_channels,
-                               workers=o.workers or min(8, os.cpu_count() or 1))
+                               workers=o.workers or min(8, os.cpu_count() or 1), resize=o.resize)
+        if self.ds.resized and self.rank == 0:
+            print(f"resdsl: note: {o.data}: {self.ds.resized}", file=sys.stderr)
         self.model = build(spec, seed=self.seed, limits=o.limits).to(dev)
         self.net = distributed.parallel(self.model, dev, world, o.sync_bn)
         oc, sc = rec["optimizer"], rec["schedule"]

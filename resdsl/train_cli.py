@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +32,11 @@ def _milestones(text: str) -> tuple[int, ...]:
         vals = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
         vals = (0,)
-    if any(v < 1 for v in vals):
+    if not vals or any(v < 1 for v in vals):
         raise argparse.ArgumentTypeError(f"expected iterations like 32000,48000, got {text!r}")
+    if any(a >= b for a, b in itertools.pairwise(vals)):
+        raise argparse.ArgumentTypeError(f"{text!r}: milestones must increase (each iteration once), e.g. "
+                                         f"{','.join(str(v) for v in sorted(set(vals)))}")
     return vals
 
 
@@ -44,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     opts = TrainOptions(spec=args.spec, data=args.data, out=args.out, iterations=args.iterations, batch=args.batch,
                         lr=args.lr, milestones=args.milestones, resume=args.resume, seed=args.seed,
                         workers=args.workers, eval_every=args.eval_every, sync_bn=args.sync_bn, device=args.device,
-                        limits=limits(args))
+                        limits=limits(args), resize=args.resize)
     s = train(opts)
     if s["rank"] == 0:
         errs = ", ".join(f"{k.replace('_', ' ')} {s[k]:.2f}%" for k in ("train_error", "test_error") if k in s)
@@ -129,7 +133,10 @@ def add_train_commands(sub: Any) -> None:
                        "WORLD_SIZE images of the same global batch.")
     t.add_argument("spec", metavar="SPEC")
     t.add_argument("--data", required=True, type=Path, metavar="DIR",
-                   help="CIFAR-10/100 python batches, or image folders DIR/train/<class>/, DIR/val/<class>/")
+                   help="CIFAR-10/100 python batches, MNIST-family IDX files, or image folders DIR/train/<class>/, "
+                   "DIR/val/<class>/")
+    t.add_argument("--resize", action="store_true", help="resize images of another size than the spec's input "
+                   "(default: refuse them)")
     t.add_argument("--out", type=Path, metavar="DIR", help="run directory (default runs/NAME)")
     t.add_argument("--iterations", type=_positive, metavar="N", help="total iterations (default: the spec's)")
     t.add_argument("--batch", type=_positive, metavar="N", help="global batch size (default: the spec's)")

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from .errors import Problem, SpecError
-from .spec import (
+from .spec_types import (
     ATTENTIONS,
     BLOCKS,
     SHORTCUTS,
@@ -316,9 +316,12 @@ def _train(c: Checker, top: dict[str, Any]) -> Train | None:
                 "milestones": c.get(sch, "milestones", sp, list, default=[]),
                 "gamma": c.get(sch, "gamma", sp, float, default=0.1, lo=0, hi=1),
                 "patience": c.get(sch, "patience", sp, int, default=10, lo=1)}
-    for i, v in enumerate(schedule["milestones"] or []):
+    ms = schedule["milestones"] or []
+    for i, v in enumerate(ms):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             c.error((*sp, "milestones", i), f"expected a positive iteration number, got {_show(v)}")
+        elif i and isinstance(ms[i - 1], int) and v <= ms[i - 1]:
+            c.error((*sp, "milestones", i), f"{v} does not come after {ms[i - 1]}; milestones must increase")
     return Train(c.get(m, "batch", path, int, default=128, lo=1, hi=1 << 20),
                  c.get(m, "iterations", path, int, default=64000, lo=1), optimizer, schedule)
 

@@ -11,20 +11,19 @@ mis-shaped keys and names the specs whose layout the file does fit.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 import torch
 
 from .data import Trained
 from .errors import BackendUnavailable, InputError
-from .layout import specs_fitting, state_layout
-
-if TYPE_CHECKING:
-    from .backends.torch import ResNet
+from .ir import Graph
+from .layout import fits_hint, specs_fitting, state_layout
 
 SHOW = 5
 
@@ -90,7 +89,12 @@ def read_weights(path: str | Path) -> WeightsFile:
     if path.is_file() and _is_safetensors(path):
         return _read_safetensors(path)
     try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+        if not hasattr(torch.serialization, "safe_globals"):  # torch 2.4 has only the process-wide list
+            torch.serialization.add_safe_globals(list(SAFE_GLOBALS))
+            obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise InputError(f"weights file {path} does not exist; check the --weights path") from None
     except IsADirectoryError:
@@ -104,24 +108,45 @@ def read_weights(path: str | Path) -> WeightsFile:
                          "checkpoint") \
             from None
     trained = Trained.from_checkpoint(obj, path)
+    obj, fmt = _unwrap(obj, path)
+    state = {k.removeprefix("module."): v for k, v in obj.items()}  # DataParallel/DDP checkpoints
+    return WeightsFile(path, state, fmt, trained)
+
+
+#: Harmless classes that training checkpoints pickle beside the weights, allowed through torch's own safe-globals
+#: list (``weights_only`` stays on): torchvision's reference scripts save their ``argparse.Namespace`` as ``args``.
+SAFE_GLOBALS = (argparse.Namespace,)
+
+
+def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The state_dict inside an unpickled checkpoint, and the format's name: a plain state_dict, a resdsl
+    checkpoint, ``{"state_dict": ...}`` (Lightning and others), or a torchvision reference-script checkpoint
+    (``{"model": ..., "optimizer": ..., "epoch": ..., "args": ...}``; its ``model`` entry, else ``model_ema``)."""
     fmt = "state_dict"
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "resdsl" in obj:
         obj, fmt = obj["model"], "resdsl"
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj, fmt = obj["state_dict"], "state_dict (nested under 'state_dict')"
+    elif isinstance(obj, dict) and any(isinstance(obj.get(k), dict) for k in ("model", "model_ema")):
+        key = "model" if isinstance(obj.get("model"), dict) else "model_ema"
+        other = " (it also holds 'model_ema', not used)" if key == "model" and "model_ema" in obj else ""
+        fmt = f"training checkpoint, its '{key}' entry{other}"
+        obj = {k: v for k, v in obj[key].items() if not (key == "model_ema" and k == "n_averaged")}
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputError(f"weights file {path} holds a {type(obj).__name__}, not a state_dict of tensors; save "
+        keys = (f" with the entries {', '.join(map(str, list(obj)[:8]))}" if isinstance(obj, dict) else "")
+        raise InputError(f"weights file {path} holds a {type(obj).__name__}{keys}, not a state_dict of tensors, nor "
+                         "a checkpoint with one under 'model', 'model_ema' or 'state_dict'; save "
                          "`model.state_dict()` with torch.save")
-    state = {k.removeprefix("module."): v for k, v in obj.items()}  # DataParallel/DDP checkpoints
-    return WeightsFile(path, state, fmt, trained)
+    return obj, fmt
 
 
-def load_into(model: ResNet, weights: str | Path | WeightsFile, spec_source: str | None = None) -> dict[str, Any]:
+def load_into(model: torch.nn.Module, weights: str | Path | WeightsFile, spec_source: str | None = None
+              ) -> dict[str, Any]:
     """Strictly load ``weights`` (a path, or a file :func:`read_weights` read) into ``model``; return the
     manifest's ``weights`` entry."""
     w = weights if isinstance(weights, WeightsFile) else read_weights(weights)
     path, state, fmt = w.path, w.state, w.format
-    graph = model.graph
+    graph = cast(Graph, model.graph)  # a module built by resdsl.backends.torch carries the graph it lowers
     want = dict(state_layout(graph))
     have = {k: tuple(v.shape) for k, v in state.items()}
     missing = [k for k in want if k not in have]
@@ -135,17 +160,16 @@ def load_into(model: ResNet, weights: str | Path | WeightsFile, spec_source: str
                 parts.append(f"{len(items)} {label}: {', '.join(items[:SHOW])}{more}")
         search = [Path(spec_source).parent] if spec_source else []
         search += [Path.cwd() / "specs"]
-        fits = specs_fitting(have, search)
-        hint = (f" These weights fit {', '.join(fits[:3])}." if fits else
-                " No spec in specs/ fits them; check block type, blocks per stage and the number of classes.")
+        hint = fits_hint(specs_fitting(have, search))
         raise InputError(f"weights file {path} does not fit spec '{graph.name}': {'; '.join(parts)}.{hint}")
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise InputError(f"weights file {path} has NaN or infinite values in {', '.join(bad[:SHOW])}; the "
                          "checkpoint is damaged")
     model.load_state_dict(state, strict=True)
-    return {"kind": "file", "path": str(path), "format": fmt, "file_sha256": _file_sha(path),
-            "sha256": state_digest(model.state_dict())}
+    # the absolute path, so that the artefact verifies from any working directory; the hashes find a moved file
+    return {"kind": "file", "path": str(path.resolve()), "given": str(path), "format": fmt,
+            "file_sha256": _file_sha(path), "sha256": state_digest(model.state_dict())}
 
 
 def _file_sha(path: Path) -> str:

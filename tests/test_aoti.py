@@ -101,8 +101,22 @@ def test_refuses_other_torch_version_and_missing_gpu_before_loading(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
-def test_cuda_without_gpu_is_backend_unavailable(tmp_path: Path) -> None:
-    with pytest.raises(BackendUnavailable, match="sees no NVIDIA GPU"):
+def test_cuda_without_gpu_is_backend_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--device cuda without a GPU names the flag and the real cause: a CPU-only torch, or a CUDA build of torch
+    that sees no device (then installing a CUDA build of torch is not the fix)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(BackendUnavailable, match=r"^--device cuda: this torch .* is a CPU-only build; install a CUDA"):
+        aoti.resolve_device("cuda")
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(BackendUnavailable, match=r"built for CUDA 12\.6, but no NVIDIA GPU or working driver") as e:
+        aoti.resolve_device("cuda")
+    assert "install a CUDA build" not in str(e.value) and "--device cpu" in str(e.value)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(BackendUnavailable, match="CUDA_VISIBLE_DEVICES='' hides every device"):
         aoti.resolve_device("cuda")
     assert aoti.resolve_device(None) == "cpu"
 

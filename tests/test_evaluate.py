@@ -144,22 +144,23 @@ def test_compile_checks_accuracy_and_records_it(digits: Path, tmp_path: Path, mo
 MEAN, STD = [0.5, 0.25, 0.125], [0.2, 0.4, 0.8]
 TINY = """resdsl: 1
 name: tiny-{name}
-input: {{channels: {channels}, size: 32{norm}}}
+input: {{channels: {channels}, size: {size}{norm}}}
 block: basic
 shortcut: A
 stem:
   conv: {{channels: 8, kernel: 3, stride: 1}}
 stages:
   - {{name: conv2_x, width: 8, blocks: 1}}
-head: {{classes: 4}}
+head: {{classes: {classes}}}
 """
 
 
-def write_tiny_spec(d: Path, normalize: bool, channels: int = 3) -> Path:
-    """A 4-class net at 32x32; with ``normalize`` its input section carries MEAN and STD."""
-    p = d / f"tiny-{'norm' if normalize else 'plain'}-{channels}.yaml"
+def write_tiny_spec(d: Path, normalize: bool, channels: int = 3, size: int = 32, classes: int = 4) -> Path:
+    """A net of ``classes`` classes (4) at ``size`` (32x32); with ``normalize`` its input section carries MEAN and
+    STD."""
+    p = d / f"tiny-{'norm' if normalize else 'plain'}-{channels}-{size}-{classes}.yaml"
     norm = f", mean: {MEAN}, std: {STD}" if normalize else ""
-    p.write_text(TINY.format(name=p.stem, channels=channels, norm=norm))
+    p.write_text(TINY.format(name=p.stem, channels=channels, norm=norm, size=size, classes=classes))
     return p
 
 

@@ -141,7 +141,10 @@ def test_verify_says_what_it_checked(int8: dict[str, Path], cli: Any) -> None:
     r = cli("verify", str(int8["trt"]), "-q")
     assert r.returncode == 0, r.stderr
     acc = read(int8["trt"]).verification["accuracy"]  # type: ignore[index]
-    assert "(not checked)" in r.stdout and "shapes and values only" in r.stdout
+    assert "right shape and finite logits on random inputs: ok (int8 values are judged by top-1 on labelled " \
+        "images, not here)" in r.stdout
+    assert "random inputs check only the shapes and finite logits of an int8 artefact" in r.stdout
+    assert "rel err" not in r.stdout and "decisive" not in r.stdout
     assert f"at compile: top-1 {acc['artefact']['top1']:.2f}% against the module's 92.00%" in r.stdout
 
 
@@ -154,7 +157,7 @@ def test_calibration_preprocesses_as_the_spec_says_and_reads_the_data_once(
     """The calibration images are the training images, (x / 255 - mean) / std per channel with the spec's
     input.mean/std, else x / 255 minus the per-pixel mean of the training split (random weights); the data
     directory is read once for calibration and the accuracy check, and the weights are not read for it."""
-    import resdsl.data
+    import resdsl.readers
     import resdsl.weights
     from resdsl.backends import onnx_quant
 
@@ -162,7 +165,7 @@ def test_calibration_preprocesses_as_the_spec_says_and_reads_the_data_once(
 
     data, train, _ = write_tiny_data(tmp_path / "data")
     seen: list[np.ndarray] = []
-    real_reader, real_load = onnx_quant._Reader, resdsl.data.load_dataset
+    real_reader, real_load = onnx_quant._Reader, resdsl.readers.load_dataset
     reads: list[Path] = []
 
     def reader(base: type, images: np.ndarray) -> Any:
@@ -174,11 +177,11 @@ def test_calibration_preprocesses_as_the_spec_says_and_reads_the_data_once(
         return real_load(root, **kw)
 
     monkeypatch.setattr(onnx_quant, "_Reader", reader)
-    monkeypatch.setattr(resdsl.data, "load_dataset", load_dataset)
+    monkeypatch.setattr(resdsl.readers, "load_dataset", load_dataset)
     monkeypatch.setattr(resdsl.weights, "read_weights", lambda path: pytest.fail("the weights were read again"))
     _, m = compile_spec(write_tiny_spec(tmp_path, normalize), CompileOptions(
         target="onnx", out=tmp_path / "o", precision="int8", calibration=data, calibration_samples=24,
-        eval_max_drop=100))
+        eval_max_drop=100, random_weights_ok=True))
     assert reads == [data]
     (x,) = seen
     assert x.shape == (24, 3, 32, 32) and x.dtype == np.float32
@@ -233,10 +236,10 @@ def test_bad_data_is_refused_before_the_export(kind: str, tmp_path: Path, cli: A
     monkeypatch.setattr(resdsl.pipeline, "_reference", lambda *a: pytest.fail("the module was built"))
     monkeypatch.setattr(resdsl.backends.onnx, "export", lambda *a, **k: pytest.fail("the export started"))
     spec = write_tiny_spec(tmp_path, True)
-    args = ["--precision", "int8", "--calibration-samples", "8"]
+    args = ["--precision", "int8", "--calibration-samples", "8", "--random-weights"]
     if kind == "too-few":
         data, _, _ = write_tiny_data(tmp_path / kind)
-        args, where, words = [*args[:2], "--calibration-samples", "25"], str(data), [
+        args, where, words = [*args[:2], "--calibration-samples", "25", "--random-weights"], str(data), [
             "has 24 images, fewer than --calibration-samples 25; lower it or add images"]
     elif kind == "channels":
         data, _, _ = write_tiny_data(tmp_path / kind)

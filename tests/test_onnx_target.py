@@ -49,6 +49,7 @@ COVERED_BY = {
     "cifar/resnet56.yaml": "cifar/resnet20.yaml",
     "cifar/resnet110.yaml": "cifar/resnet20.yaml",
     "cifar/plain56.yaml": "cifar/plain20.yaml",
+    "fashion/resnet56.yaml": "fashion/resnet20.yaml",
     "timm/resnet34d.yaml": "timm/resnet18d.yaml",
     "timm/resnet26d.yaml": ("timm/ecaresnet50d.yaml", "torchvision/resnet50.yaml"),
     "timm/resnet50d.yaml": ("timm/ecaresnet50d.yaml", "torchvision/resnet50.yaml"),

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from resdsl.backends.torch import build
-from resdsl.data import Sampler, augment, load_dataset
+from resdsl.data import Sampler, augment
 from resdsl.errors import BackendUnavailable, InputError
 from resdsl.metrics import read as read_metrics
+from resdsl.readers import load_dataset
 from resdsl.spec import load
 from resdsl.train import TrainOptions, lr_at, train
 from resdsl.train_cli import add_train_commands, main, plot_runs
@@ -235,14 +236,23 @@ def test_image_folder_layout(tmp_path: Path) -> None:
     root = write_folders(tmp_path / "folders")
     (root / "train" / "class0" / "notes.txt").write_text("ignored")
     spec = write_spec(tmp_path, classes=3, size=16, train=TRAIN.replace("batch: 16", "batch: 4"))
-    ds = load_dataset(root, classes=3, size=(16, 16), channels=3)
+    # the images are 24x20: refused at the spec's 16x16 unless asked to resize, which is then said
+    with pytest.raises(InputError, match=r"--data: image .*class0/0\.jpg is 24x20 \(HxW\) but the spec takes 16x16; "
+                       r".*pass --resize"):
+        load_dataset(root, classes=3, size=(16, 16), channels=3)
+    with pytest.raises(InputError, match=r"is 24x20"):
+        train(TrainOptions(spec, root, out=tmp_path / "refused", iterations=3))
+    assert not (tmp_path / "refused").exists()
+    ds = load_dataset(root, classes=3, size=(16, 16), channels=3, resize=True)
     assert ds.train_x.shape == (12, 3, 16, 16) and ds.test_x.shape == (6, 3, 16, 16) and ds.test_name == "val"
     assert ds.classes == ["class0", "class1", "class2"] and ds.train_y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    s = train(TrainOptions(spec, root, out=tmp_path / "run", iterations=3))
+    assert ds.resized is not None and "resized to 16x16" in ds.resized
+    assert load_dataset(root, classes=3, size=(24, 20), channels=3).resized is None  # the images' own size
+    s = train(TrainOptions(spec, root, out=tmp_path / "run", iterations=3, resize=True))
     assert s["iteration"] == 3 and (tmp_path / "run" / "last.pt").is_file()
     (root / "train" / "class1" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match=r"broken.png"):
-        load_dataset(root, classes=3, size=(16, 16), channels=3)
+        load_dataset(root, classes=3, size=(16, 16), channels=3, resize=True)
     with pytest.raises(InputError, match=r"has 3 classes .* head has 10"):
         load_dataset(root, classes=10, size=(16, 16), channels=3)
 
@@ -259,7 +269,7 @@ def test_bad_data_dirs_are_refused_with_the_file_named(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such directory"):
         load_dataset(tmp_path / "missing", **kw)  # type: ignore[arg-type]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="neither CIFAR batches nor a train/"):
+    with pytest.raises(InputError, match="neither CIFAR batches, IDX files nor a train/"):
         load_dataset(tmp_path / "empty", **kw)  # type: ignore[arg-type]
     d = write_cifar(tmp_path / "c")
     with pytest.raises(InputError, match=r"has 10 classes .* head has 100"):
@@ -301,8 +311,11 @@ def test_cifar100_layout_and_resize(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(pickle.dumps({b"data": x.reshape(6, -1), b"fine_labels": fine,
                                                     b"coarse_labels": [0] * 6}))
     (tmp_path / "meta").write_bytes(pickle.dumps({b"fine_label_names": [f"f{i}".encode() for i in range(100)]}))
-    ds = load_dataset(tmp_path, classes=100, size=(24, 24), channels=3)
+    with pytest.raises(InputError, match=r"its images are 32x32 but the spec takes 24x24; .*pass --resize"):
+        load_dataset(tmp_path, classes=100, size=(24, 24), channels=3)
+    ds = load_dataset(tmp_path, classes=100, size=(24, 24), channels=3, resize=True)
     assert ds.layout == "cifar-100" and ds.train_y.tolist() == fine and ds.train_x.shape == (6, 3, 24, 24)
+    assert ds.resized == "images resized from 32x32 to 24x24 (bilinear; --resize)"
     with pytest.raises(InputError, match="3 channels but the spec takes 1"):
         load_dataset(tmp_path, classes=100, size=(32, 32), channels=1)
 

@@ -236,8 +236,10 @@ def test_missing_tensorrt_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch
 def test_bindings_without_libraries_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     """What this machine shows with ``tensorrt_cu13_bindings`` installed but no libnvinfer."""
     _block_tensorrt(monkeypatch, "libnvonnxparser.so.11: cannot open shared object file: No such file or directory")
-    with pytest.raises(BackendUnavailable, match=r"bindings are installed but .*libnvonnxparser\.so\.11") as info:
+    with pytest.raises(BackendUnavailable, match=r"needs TensorRT's libraries \(libnvonnxparser\.so\.11\), which are "
+                       r"not installed here: only TensorRT's Python bindings are") as info:
         trt_build.environment()
+    assert "Targets that run on this machine: torch, onnx, aoti." in str(info.value)
     _assert_install_hint(info.value)
 
 

@@ -1,16 +1,20 @@
 """Embedding a resdsl artefact in a Python application.
 
-    resdsl compile specs/cifar/resnet20.yaml --target onnx -o build/resnet20
-    python examples/python/classify.py build/resnet20 [INPUT.npy]
+    resdsl compile specs/cifar/resnet20.yaml --weights runs/resnet20-cifar/last.pt -o build/resnet20
+    python examples/python/classify.py build/resnet20 IMAGE.png|IMAGE.jpg|INPUT.npy
 
 ``resdsl.runtime.load`` checks the manifest and every file's sha256 before it
 loads anything, then gives back one callable whatever the target (torch,
 onnx, trt, aoti): numpy (N, C, H, W) in, float32 logits out. The manifest
 says what the artefact expects, so the application needs no other config.
 
-INPUT.npy holds one image (C, H, W) or several (N, C, H, W) with the shape the
-manifest gives; without it the input is one image, linspace(-1, 1, C*H*W), as
-in the C++ examples. An artefact runs batches within its range (manifest.json's
+An image file (PNG or JPEG, read with Pillow) is converted to RGB or grayscale
+as the input's channels say, its shorter side scaled to the input size and its
+centre cropped (said on stderr when it was resized), then preprocessed as the
+manifest's ``preprocessing`` says: ``(x / 255 - mean) / std`` per channel, or
+``x / 255 - mean`` per pixel. INPUT.npy holds images already preprocessed, one
+(C, H, W) or several (N, C, H, W); without an input the model gets one image,
+linspace(-1, 1, C*H*W), as in the C++ examples. An artefact runs batches within its range (manifest.json's
 ``batch``: min, opt, max; ``--batch 4`` means exactly 4), so the images go in
 runs of ``opt``; a last run smaller than ``min`` is padded with copies of its
 last image, and the padding's logits are dropped. Prints the top-5 classes of
@@ -86,6 +90,42 @@ def read_images(path: Path, chw: tuple[int, int, int]) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_image(path: Path, manifest: dict[str, Any]) -> np.ndarray:
+    """An image file as the float32 input (1, C, H, W) the manifest describes: converted to its channels, the
+    shorter side scaled to its size and the centre cropped, then its ``preprocessing`` applied."""
+    prep = manifest.get("preprocessing")
+    if prep is None:
+        raise UsageError(f"{path}: the artefact's manifest does not say how images are preprocessed (its spec has no "
+                         "input.mean/input.std and its weights no training record); give a preprocessed .npy instead")
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UsageError("reading PNG/JPEG images needs Pillow: pip install pillow") from None
+    _, c, h, w = manifest["inputs"][0]["shape"]
+    try:
+        with Image.open(path) as f:
+            im = f.convert("RGB" if c == 3 else "L")
+    except OSError as e:
+        raise UsageError(f"{path}: not a readable PNG or JPEG image ({e}); give an image file or a .npy") from None
+    if im.size != (w, h):
+        scale = max(h / im.height, w / im.width)
+        rw, rh = max(w, round(im.width * scale)), max(h, round(im.height * scale))
+        print(f"classify.py: {path} is {im.width}x{im.height}; scaled to {rw}x{rh} and centre-cropped to {w}x{h}",
+              file=sys.stderr)
+        im = im.resize((rw, rh), Image.Resampling.BILINEAR)
+        left, top = (rw - w) // 2, (rh - h) // 2
+        im = im.crop((left, top, left + w, top + h))
+    x = np.asarray(im, dtype=np.float32).reshape(h, w, c).transpose(2, 0, 1) / 255.0
+    if prep["per"] == "channel":
+        x = (x - np.float32(prep["mean"]).reshape(c, 1, 1)) / np.float32(prep["std"]).reshape(c, 1, 1)
+    else:
+        x = x - np.float32(prep["mean"]).reshape(c, h, w)
+    return np.ascontiguousarray(x[None], dtype=np.float32)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) not in (1, 2) or argv[0] in ("-h", "--help"):
         print(__doc__, file=sys.stderr)
@@ -100,7 +140,9 @@ def main(argv: list[str]) -> int:
     spec = manifest["inputs"][0]
     _, c, h, w = spec["shape"]
     try:
-        if len(argv) > 1:
+        if len(argv) > 1 and Path(argv[1]).suffix.lower() in IMAGE_SUFFIXES:
+            x = read_image(Path(argv[1]), manifest)
+        elif len(argv) > 1:
             x = read_images(Path(argv[1]), (c, h, w))
         else:  # the deterministic input the C++ examples use too
             x = np.linspace(-1, 1, c * h * w, dtype=np.float32).reshape(1, c, h, w)

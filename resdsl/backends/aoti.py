@@ -56,9 +56,9 @@ def resolve_device(requested: str | None) -> str:
 
     device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable("--device cuda: this PyTorch (CUDA build: "
-                                 f"{torch.version.cuda or 'none, a CPU-only build'}) sees no NVIDIA GPU; install a "
-                                 "CUDA build of torch and the NVIDIA driver, or compile with --device cpu")
+        from .base import no_gpu_reason
+
+        raise BackendUnavailable(f"--device cuda: {no_gpu_reason()}; or compile with --device cpu")
     return device
 
 

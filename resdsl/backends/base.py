@@ -93,6 +93,27 @@ class Target(Protocol):
     def localiser(self, directory: Path, manifest: Manifest) -> Localiser | None: ...
 
 
+def no_gpu_reason() -> str:
+    """Why torch sees no CUDA GPU, in a user's words: a CPU-only build of torch, or a CUDA build with no usable
+    device (no driver, no GPU, or CUDA_VISIBLE_DEVICES hiding them)."""
+    import os
+
+    import torch
+
+    if not torch.version.cuda:
+        return (f"this torch ({torch.__version__}) is a CPU-only build; install a CUDA build of torch and the "
+                "NVIDIA driver on a machine with an NVIDIA GPU")
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    why = (f"CUDA_VISIBLE_DEVICES={hidden!r} hides every device" if hidden is not None and not hidden.strip(", ")
+           else "no NVIDIA GPU or working driver was found (`nvidia-smi` shows what the driver sees)")
+    return f"this torch ({torch.__version__}) is built for CUDA {torch.version.cuda}, but {why}"
+
+
+def runnable_here() -> str:
+    """The targets that need no GPU, for messages that refuse a GPU-only one."""
+    return ", ".join(n for n in TARGETS if n != "trt")
+
+
 def refuse_providers(target: str, providers: Sequence[str] | None) -> None:
     """Execution providers are ONNX Runtime's: any other target refuses them."""
     if providers is not None:

@@ -34,7 +34,8 @@ def need(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError as e:
         raise BackendUnavailable(f"the ONNX backend needs the Python package {name.split('.')[0]!r}, which cannot be "
-                                 f"imported ({e}); install it with: pip install 'resdsl[onnx]'") from None
+                                 f"imported ({e}); it comes with resdsl: pip install {name.split('.')[0]} (or "
+                                 "reinstall resdsl)") from None
 
 
 def _strip_digest(proto: onnx.ModelProto) -> list[str]:

@@ -72,7 +72,8 @@ def calibration_images(spec: Spec, options: CompileOptions) -> tuple[np.ndarray,
     normalisation came from), and the sha256 of the uint8 images chosen (the manifest's record of exactly what
     calibrated the scales). The data is the one ``compile_spec`` read and checked before the export, else read
     here."""
-    from ..data import Labelled, calibration_sample, load_dataset, preprocessing
+    from ..data import Labelled, calibration_sample, preprocessing
+    from ..readers import load_dataset
     from ..weights import read_weights
 
     path = options.calibration
@@ -80,12 +81,12 @@ def calibration_images(spec: Spec, options: CompileOptions) -> tuple[np.ndarray,
     data = options.loaded.get(path)
     if not isinstance(data, Labelled):
         ds = load_dataset(path, classes=spec.classes, size=spec.in_size, channels=spec.in_channels,
-                          option="--calibration")
+                          option="--calibration", resize=options.resize)
         trained = read_weights(options.weights).trained if options.weights is not None else None
         data = Labelled(path, ds, preprocessing(spec.normalize, ds, trained))
     chosen = calibration_sample(data.dataset, options.calibration_samples, path)
     x = data.preprocess.apply(chosen).numpy().astype(np.float32, copy=False)
-    return x, data.preprocess.describe(), hashlib.sha256(chosen.numpy().tobytes()).hexdigest()
+    return x, data.dataset.describe(data.preprocess), hashlib.sha256(chosen.numpy().tobytes()).hexdigest()
 
 
 def scales_digest(model: onnx.ModelProto) -> str:

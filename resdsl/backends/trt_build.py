@@ -75,12 +75,20 @@ def _import_trt() -> Any:
             raise BackendUnavailable(f"the TensorRT backend needs TensorRT, which is not installed; "
                                      f"{_INSTALL}.") from None
         except (ImportError, OSError) as exc:
-            raise BackendUnavailable(f"TensorRT's Python bindings are installed but could not load its libraries "
-                                     f"({exc}); {_INSTALL}.") from None
+            raise BackendUnavailable(_missing_libraries(exc)) from None
     except (ImportError, OSError) as exc:  # e.g. the tensorrt_libs wheel failed to load its shared libraries
-        raise BackendUnavailable(f"TensorRT is installed but could not load its libraries ({exc}); "
-                                 f"{_INSTALL}.") from None
+        raise BackendUnavailable(_missing_libraries(exc)) from None
     return trt
+
+
+def _missing_libraries(exc: BaseException) -> str:
+    """TensorRT's Python bindings import, its shared libraries do not: what is missing and what runs here."""
+    from .base import runnable_here
+
+    lib = re.search(r"lib[\w+.-]+\.so[\w.]*", str(exc))
+    return (f"the trt target needs TensorRT's libraries ({lib.group(0) if lib else 'libnvinfer'}), which are not "
+            f"installed here: only TensorRT's Python bindings are (resdsl's dev install adds them for API checks). "
+            f"Targets that run on this machine: {runnable_here()}. To build engines, {_INSTALL}.")
 
 
 def _require_gpu() -> tuple[str, str]:
@@ -88,9 +96,10 @@ def _require_gpu() -> tuple[str, str]:
     import torch
 
     if not torch.cuda.is_available():
-        raise BackendUnavailable("the TensorRT backend needs an NVIDIA GPU with a working driver, and this PyTorch "
-                                 f"(CUDA build: {torch.version.cuda or 'none, a CPU-only build'}) sees none; "
-                                 "install a CUDA build of torch and the NVIDIA driver, or use another backend.")
+        from .base import no_gpu_reason, runnable_here
+
+        raise BackendUnavailable(f"the trt target needs an NVIDIA GPU: {no_gpu_reason()}. Targets that run without "
+                                 f"one: {runnable_here()}.")
     dev = torch.cuda.current_device()
     major, minor = torch.cuda.get_device_capability(dev)
     return torch.cuda.get_device_name(dev), f"{major}.{minor}"
