@@ -60,7 +60,7 @@ lint: $(VENV)/.installed
 # The documentation site (docs/, mkdocs.yml) into build/site; --strict turns every warning (a broken link or
 # anchor, a page missing from the navigation) into a failure.
 docs: $(VENV)/.installed
-	$(BIN)/mkdocs build --strict --quiet -d build/site
+	$(BIN)/mkdocs build --strict -d build/site
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/flops.py

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -282,6 +283,76 @@ def bad_calibration(tmp: Path) -> list[Tally]:
     return [t]
 
 
+def _idx_file(a: Any) -> bytes:
+    """An IDX file of unsigned bytes (the MNIST family's format), written from its definition."""
+    import struct
+
+    return bytes([0, 0, 8, a.ndim]) + b"".join(struct.pack(">I", d) for d in a.shape) + a.astype("uint8").tobytes()
+
+
+def _bad_idx_sets(tmp: Path) -> dict[str, Path]:
+    """IDX directories broken one way each: truncated, wrong magic number, image and label counts that disagree,
+    a header claiming absurd sizes, a file longer than its header says, garbage behind a .gz name."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    r = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte": r.integers(0, 256, (40, 28, 28)),
+              "train-labels-idx1-ubyte": np.arange(40) % 10,
+              "t10k-images-idx3-ubyte": r.integers(0, 256, (20, 28, 28)),
+              "t10k-labels-idx1-ubyte": np.arange(20) % 10}
+    sets = {}
+
+    def variant(name: str, file: str, data: bytes, gz: bool = False) -> None:
+        d = tmp / name.replace(" ", "-")
+        d.mkdir(parents=True)
+        for n, a in arrays.items():
+            (d / n).write_bytes(_idx_file(a))
+        if gz:
+            (d / file).unlink()
+            file += ".gz"
+        (d / file).write_bytes(data)
+        sets[name] = d
+
+    images = _idx_file(arrays["train-images-idx3-ubyte"])
+    variant("truncated", "train-images-idx3-ubyte", images[:-100])
+    variant("longer than its header", "train-images-idx3-ubyte", images + b"\0")
+    variant("wrong magic number", "train-images-idx3-ubyte", images[:2] + b"\x0d" + images[3:])
+    variant("counts disagree", "train-labels-idx1-ubyte", _idx_file(np.zeros(39)))
+    variant("hostile sizes", "train-images-idx3-ubyte", bytes([0, 0, 8, 3]) + struct.pack(">III", *[2**32 - 1] * 3))
+    variant("labels outside the head", "t10k-labels-idx1-ubyte", _idx_file(np.full(20, 11)))
+    variant("not gzip", "t10k-images-idx3-ubyte", b"\x1f\x8bgarbage", gz=True)
+    variant("gzip cut short", "t10k-labels-idx1-ubyte",
+            gzip.compress(_idx_file(arrays["t10k-labels-idx1-ubyte"]), mtime=0)[:-12], gz=True)
+    return sets
+
+
+def bad_idx(tmp: Path) -> list[Tally]:
+    """``compile --eval-data DIR`` and ``train --data DIR`` on each broken IDX directory: exit 2, one line, nothing
+    written."""
+    t = Tally("bad IDX files (MNIST family: truncated, longer than the header, wrong magic number, image and label "
+              "counts that disagree, hostile sizes, labels outside the head, corrupt or cut-short .gz)")
+    for name, data in _bad_idx_sets(tmp / "idx").items():
+        for args in (["compile", "specs/fashion/resnet20.yaml", "--eval-data", str(data), "--random-weights",
+                      "-o", str(tmp / "idx-out"), "-q"],
+                     ["train", "specs/fashion/resnet20.yaml", "--data", str(data), "--out", str(tmp / "idx-out"),
+                      "--iterations", "1"]):
+            t.tried += 1
+            start = time.perf_counter()
+            r = cli(*args)
+            t.worst = max(t.worst, time.perf_counter() - start)
+            lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith("resdsl: note")]
+            if r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr and \
+                    not (tmp / "idx-out").exists():
+                t.clean += 1
+            else:
+                t.crashes += 1
+                t.notes.append(f"IDX {name} ({args[0]}): exit {r.returncode}, {lines[-1:] or 'no message'}")
+    return [t]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mutants", type=int, default=400)
@@ -295,6 +366,7 @@ def main() -> None:
         art_rows = hostile_artefacts(tmp, rng)
         fault_rows = faults(tmp, a.kills, rng)
         calib_rows = bad_calibration(tmp)
+        idx_rows = bad_idx(tmp)
     print("| bad input or fault | tried | outcome | crashes | slowest |")
     print("|---|---|---|---|---|")
     for t in spec_rows:
@@ -305,7 +377,10 @@ def main() -> None:
         print(t.row("{clean} left no partial directory; the next compile succeeded"))
     for t in calib_rows:
         print(t.row("{clean} refused with a one-line error naming the directory, exit 2, nothing written"))
-    notes = [n for t in spec_rows + art_rows + fault_rows + calib_rows for n in t.notes]
+    for t in idx_rows:
+        print(t.row("{clean} refused with a one-line error naming the file, exit 2, nothing written (compile "
+                    "--eval-data and train --data each)"))
+    notes = [n for t in spec_rows + art_rows + fault_rows + calib_rows + idx_rows for n in t.notes]
     for n in notes:
         print(f"CRASH: {n}")
     sys.exit(1 if notes else 0)

@@ -30,7 +30,8 @@ FLAGS = {"target": "--target", "out": "-o", "weights": "--weights", "precision":
          "calibration_method": "--calibration-method", "quant_scheme": "--quant-scheme",
          "max_queue_delay_us": "--max-queue-delay-us", "instances": "--instances", "kind": "--kind",
          "cuda_graphs": "--cuda-graphs", "dynamic_batching": "--dynamic-batching", "resize": "--resize",
-         "random_weights_ok": "--random-weights"}
+         "random_weights_ok": "--random-weights", "fallback": "--no-fallback",
+         "sensitivity_samples": "--sensitivity-samples"}
 _TRT = ("workspace_mib", "opt_level", "timing_cache", "tf32", "version_compatible")
 
 
@@ -63,7 +64,8 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
                           aoti=AotiOptions(args.device) if args.device is not None else None,
                           eval_data=args.eval_data, eval_max_drop=args.max_drop, calibration=args.calibration,
                           calibration_samples=args.calibration_samples, calibration_method=args.calibration_method,
-                          quant_scheme=args.quant_scheme, resize=args.resize, random_weights_ok=args.random_weights)
+                          quant_scheme=args.quant_scheme, resize=args.resize, random_weights_ok=args.random_weights,
+                          fallback=args.fallback, sensitivity_samples=args.sensitivity_samples)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -93,6 +95,9 @@ def verified(m: Any) -> str:
                  f"(drop {acc['drop']:+.2f} points, budget {acc['max_drop']:g})")
         if acc.get("preprocessing", "").startswith("images resized"):
             said += f"; {acc['preprocessing'].split(';')[0]}"
+        fb = m.section("quantization").get("fallback") or {}
+        if fb.get("in_float"):
+            said += f"; left in float: {', '.join(fb['in_float'])}"
         if acc.get("untrained"):
             said += "; the weights are random, so that accuracy is chance level and proves nothing"
     return said
@@ -215,6 +220,10 @@ def _add_compile(sub: Any) -> None:
     c.add_argument("--quant-scheme", choices=("ort", "trt"), help="int8: ort (uint8 activations: ONNX Runtime's "
                    "fast CPU path; the onnx target's default) or trt (symmetric int8, zero points 0: what TensorRT "
                    "accepts; the trt target's only scheme)")
+    c.add_argument("--no-fallback", dest="fallback", action="store_false", help="int8: keep every layer in int8 "
+                   "even when the accuracy budget is missed (the compile is then refused)")
+    c.add_argument("--sensitivity-samples", type=int, default=256, metavar="N", help="int8: test images each "
+                   "layer's cost is ranked on (default 256; 0: no ranking, and no fallback)")
     c.add_argument("--io", choices=("fp32", "fp16"), default="fp32", help="dtype of input and logits (fp16 needs "
                    "--precision fp16)")
     c.add_argument("--batch", default="1:1:32", metavar="MIN:OPT:MAX|N",

@@ -148,6 +148,8 @@ class CompileOptions:
     calibration_method: str = "minmax"     # int8: minmax, percentile or entropy (ONNX Runtime's calibrators)
     quant_scheme: str | None = None        # int8: "ort" (uint8 activations, ONNX Runtime's CPU kernels) or "trt";
                                            # None: trt for the trt target, ort otherwise
+    fallback: bool = True                  # int8: leave the costliest layers in float until the budget holds
+    sensitivity_samples: int = 256         # int8: test images each layer's cost is ranked on; 0: no ranking
     resize: bool = False                   # eval/calibration images of another size are resized (else refused)
     random_weights_ok: bool = False        # accuracy check (eval_data, int8) on random weights, said to prove nothing
     #: Not an option: the labelled data (resdsl.data.Labelled, by path) compile_spec read and checked before the
@@ -207,10 +209,13 @@ class CompileOptions:
             raise OptionError(f"{{quant_scheme}} {self.quant_scheme!r}, {{calibration_method}} "
                               f"{self.calibration_method!r}: choose a scheme from {', '.join(QUANT_SCHEMES)} and a "
                               f"method from {', '.join(CALIBRATION_METHODS)}")
-        if self.precision != "int8" and (self.calibration_samples, self.calibration_method, self.quant_scheme) != (
-                512, "minmax", None):
-            raise OptionError("{calibration_samples}, {calibration_method} and {quant_scheme} apply to {precision} "
-                              "int8 only; drop them")
+        if self.precision != "int8" and (self.calibration_samples, self.calibration_method, self.quant_scheme,
+                                         self.fallback, self.sensitivity_samples) != (512, "minmax", None, True, 256):
+            raise OptionError("{calibration_samples}, {calibration_method}, {quant_scheme}, {fallback} and "
+                              "{sensitivity_samples} apply to {precision} int8 only; drop them")
+        if not _int(self.sensitivity_samples) or self.sensitivity_samples < 0:
+            raise OptionError(f"{{sensitivity_samples}} {self.sensitivity_samples!r}: give a number of images >= 0 "
+                              "(0: measure nothing, and no fallback)")
         if self.target == "trt" and self.quant_scheme == "ort":
             raise OptionError("{quant_scheme} ort: TensorRT takes symmetric int8 only; the trt target uses "
                               "{quant_scheme} trt (its default)")

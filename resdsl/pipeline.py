@@ -109,10 +109,15 @@ def _accuracy_check(stage: Path, manifest: mf.Manifest, opts: CompileOptions, sp
         accuracy["untrained"] = True
         progress.note(f"  {UNTRAINED}")
     if not r.passed:
+        fb = manifest.section("quantization").get("fallback") or {}
+        tried = (f" Layers left in float: {', '.join(fb['in_float'])}." if fb.get("in_float") else
+                 " No layer was left in float (--no-fallback)." if fb and not fb.get("enabled") else
+                 " No layer was left in float: the budget held on the images fallback judged." if fb else "")
         raise VerificationError(f"{spec_path}: the {manifest.precision} artefact's top-1 on {data} is "
                                 f"{r.drop:.2f} points below the fp32 module's ({r.artefact.top1:.2f}% against "
                                 f"{r.module.top1:.2f}%), more than the budget of {opts.max_drop:g} points; nothing "
-                                "was written. Compile at a higher precision, or give a larger budget (--max-drop)")
+                                f"was written.{tried} Compile at a higher precision, or give a larger budget "
+                                "(--max-drop)")
     return manifest.with_(verification={**(manifest.verification or {}), "accuracy": accuracy})
 
 

@@ -345,3 +345,20 @@ def test_the_readme_is_a_front_page_and_ci_runs_lint_and_the_docs() -> None:
     assert "strict: true" in nav
     ci = (ROOT / ".ci" / "run").read_text()
     assert all(f"make {t}" in ci for t in ("test", "lint", "docs"))
+
+
+def test_the_docs_build_fails_on_a_broken_anchor(tmp_path: Path) -> None:
+    """`make docs` runs mkdocs so that a warning fails it (mkdocs' --quiet would hide the failure): its exact
+    command, on a copy of the site with one broken anchor, exits non-zero; on the real site, zero."""
+    pytest.importorskip("mkdocs")
+    line = subprocess.run(["make", "-n", "docs"], cwd=ROOT, capture_output=True, text=True).stdout.splitlines()
+    command = next(x for x in line if "mkdocs build" in x).split()
+    command[0] = str(Path(sys.executable).parent / "mkdocs")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    ok = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    with (tmp_path / "docs" / "index.md").open("a") as f:
+        f.write("\n[broken](commands.md#no-such-heading)\n")
+    bad = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode != 0 and "no-such-heading" in bad.stderr

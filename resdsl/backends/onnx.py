@@ -59,10 +59,14 @@ def write(stage: Path, model: Any, spec: Spec, options: CompileOptions, progress
             convert_fp16(fp32, path, keep_io_fp32=options.io == "fp32")
     if options.precision == "int8":
         from .onnx_quant import quantize
+        from .onnx_sensitivity import summary
 
-        with progress.step(f"calibrating int8 scales on {options.calibration_samples} images of "
-                           f"{options.calibration} ({options.scheme} scheme)"):
+        with progress.step(f"quantizing to int8 ({options.scheme} scheme): scales from {options.calibration_samples} "
+                           f"images of {options.calibration}, each layer's cost on {options.sensitivity_samples} "
+                           "test images"):
             sections["quantization"] = quantize(fp32, path, spec, options)
+        for line in summary(sections["quantization"]):
+            progress.note(f"  {line}")
     if fp32 != path:
         fp32.unlink()
     sections["export"] = {"opset": options.opset, "exporter": info.exporter, "layers": info.tensor_of}
