@@ -45,7 +45,8 @@ demo: $(VENV)/.installed
 
 # The suite on both cores (pytest-xdist). Tests marked slow run with `make test-all` only: ResNet-1202/1001
 # through ONNX, the full-size ONNX sweep of the specs whose configuration a smaller spec checks in `make test`
-# (tests/test_onnx_target.py: COVERED_BY), fp16 ONNX on ResNet-56.
+# (tests/test_onnx_target.py: COVERED_BY), fp16 ONNX on ResNet-56, the Fashion-MNIST int8 checks and the full
+# 10,000-image ones (tests/test_fashion.py).
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 

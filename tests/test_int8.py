@@ -98,7 +98,7 @@ def test_a_broken_calibration_is_caught_and_nothing_written(digits: Path, tmp_pa
     shutil.copytree(digits, data)
     (data / "data_batch_1").write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}))
     args = ["compile", str(CIFAR), "--weights", str(WEIGHTS), "--precision", "int8", "--calibration", str(data),
-            "--calibration-samples", "1", "--quant-scheme", "ort", "-q"]
+            "--calibration-samples", "1", "--quant-scheme", "ort", "--sensitivity-samples", "64", "-q"]
     r = cli(*args, "--no-fallback", "-o", str(tmp_path / "out"))
     assert r.returncode == 1 and "more than the budget of 1 points; nothing was written" in r.stderr
     assert "No layer was left in float (--no-fallback)" in r.stderr and not (tmp_path / "out").exists()
@@ -354,12 +354,12 @@ def test_trt_scheme_places_qdq_where_tensorrt_fuses(net: str, tmp_path: Path, di
         torch.save(build(spec).state_dict(), weights)
     args = ["compile", str(spec), "--weights", str(weights), "--precision", "int8", "--calibration", str(digits),
             "--quant-scheme", "trt", "-o", str(tmp_path / "out"), "--max-drop", "100", "--no-fallback", "-q",
-            "--sensitivity-samples", "64"]
+            "--sensitivity-samples", "0"]
     r = cli(*args)
     assert r.returncode == 0, r.stderr
     assert placement_problems(tmp_path / "out" / "model.onnx") == []
     q = read(tmp_path / "out").section("quantization")
-    assert q["placement"].startswith("TensorRT's") and q["fallback"]["in_float"] == []
+    assert q["placement"].startswith("TensorRT's") and q["fallback"]["in_float"] == [] and q["sensitivity"] is None
 
 
 def _skewed(tmp_path: Path, scale: float = 1000.0) -> Path:
@@ -400,8 +400,8 @@ def test_sensitivity_finds_the_culprit_and_fallback_leaves_it_alone_in_float(tmp
                                                                              cli: Any) -> None:
     weights = _skewed(tmp_path)
     args = ["compile", str(CIFAR), "--weights", str(weights), "--precision", "int8", "--calibration", str(digits),
-            "--quant-scheme", "trt", "--sensitivity-samples", "300"]
-    r = cli(*args, "--no-fallback", "-o", str(tmp_path / "none"), "-q")
+            "--quant-scheme", "trt", "--sensitivity-samples", "100"]
+    r = cli(*args, "--no-fallback", "--sensitivity-samples", "0", "-o", str(tmp_path / "none"), "-q")
     assert r.returncode == 1 and "No layer was left in float (--no-fallback)" in r.stderr
     assert not (tmp_path / "none").exists()
 
