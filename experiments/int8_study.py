@@ -56,7 +56,7 @@ def _setup(spec_path: str, weights: Path, data: Path, tmp: Path) -> tuple[Any, A
     images = Images(np.empty(0), test, ds.test_y.numpy(), f"{data} (test)", "", "")
     import onnx
 
-    judge = Judge(onnx.load(str(tmp / "pre.onnx")), images)
+    judge = Judge.of(onnx.load(str(tmp / "pre.onnx")), images)
     return spec, labelled, tmp / "pre.onnx", judge
 
 

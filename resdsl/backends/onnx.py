@@ -38,9 +38,10 @@ def check_environment(options: CompileOptions) -> None:
     """The exporter's and the verifier's packages must import (BackendUnavailable says how to install them)."""
     for module in ("onnx", "onnxscript", "onnxruntime"):
         need(module)
-    newest = need("onnx").defs.onnx_opset_version()
+    onnx = need("onnx")
+    newest = onnx.defs.onnx_opset_version()
     if options.opset > newest:
-        raise OptionError(f"{{opset}} {options.opset}: the installed onnx ({need('onnx').__version__}) knows opsets up "
+        raise OptionError(f"{{opset}} {options.opset}: the installed onnx ({onnx.__version__}) knows opsets up "
                           f"to {newest}; give an opset from 17 to {newest} (default 18)")
     if options.calibration is not None and not options.calibration.is_dir():  # before minutes of export
         raise InputError(f"--calibration {options.calibration}: no such directory; give labelled images in a "

@@ -32,9 +32,10 @@ def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {out: n for n in model.graph.node for out in n.output}
 
 
-def quantized_source(model: onnx.ModelProto, tensor: str) -> tuple[str, onnx.NodeProto, onnx.NodeProto] | None:
-    """When ``tensor`` is DequantizeLinear(QuantizeLinear(x)), ``(x, Q, DQ)``; else None."""
-    prod = _producers(model)
+def quantized_source(prod: dict[str, onnx.NodeProto], tensor: str
+                     ) -> tuple[str, onnx.NodeProto, onnx.NodeProto] | None:
+    """When ``tensor`` is DequantizeLinear(QuantizeLinear(x)) in the graph whose producers are ``prod`` (tensor ->
+    the node writing it), ``(x, Q, DQ)``; else None."""
     dq = prod.get(tensor)
     if dq is None or dq.op_type != "DequantizeLinear":
         return None
@@ -52,7 +53,7 @@ def place_for_tensorrt(model: onnx.ModelProto) -> int:
     for node in model.graph.node:
         if node.op_type != "Add":
             continue
-        sources = [quantized_source(model, t) for t in node.input]
+        sources = [quantized_source(prod, t) for t in node.input]
         fused = [i for i, s in enumerate(sources) if s is not None and prod.get(s[0]) is not None
                  and prod[s[0]].op_type in FUSING]
         if len(fused) == 2:  # a projection shortcut: the branch (input 0) fuses, the shortcut keeps its Q/DQ

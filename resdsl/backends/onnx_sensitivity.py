@@ -53,36 +53,51 @@ def layer_name(node: str) -> str:
     return node.rsplit("/", 1)[0]
 
 
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """``model``'s logits (float64) on images ``x``, with ONNX Runtime on the CPU."""
+    ort = need("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    dim = session.get_inputs()[0].shape[0]
+    step = dim if isinstance(dim, int) and dim > 0 else 64
+    out = []
+    for i in range(0, len(x), step):
+        chunk = x[i:i + step]
+        n = len(chunk)
+        if isinstance(dim, int) and n < dim:  # a fixed batch axis: pad with copies of the last image
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], dim - n, axis=0)])
+        out.append(session.run(None, {INPUT: chunk})[0][:n].astype(np.float64))
+    return np.concatenate(out)
+
+
 class Judge:
-    """Runs candidate models over the judged images (the first ``limit``) and scores them against the fp32
-    model."""
+    """Scores candidate models on images ``x`` with ``labels`` against the fp32 model's logits ``reference``."""
 
-    def __init__(self, fp32: onnx.ModelProto, images: Images, limit: int | None = None) -> None:
-        self.x, self.labels = images.heldout[:limit], images.heldout_labels[:limit]
-        self.reference = self._logits(fp32)
-        self.fp32_top1 = self._top1(self.reference)
+    def __init__(self, x: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> None:
+        self.x, self.labels, self.reference = x, labels, reference
+        self.fp32_top1 = self._top1(reference)
 
-    def _logits(self, model: onnx.ModelProto) -> np.ndarray:
-        ort = need("onnxruntime")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        dim = session.get_inputs()[0].shape[0]
-        step = dim if isinstance(dim, int) and dim > 0 else 64
-        out = []
-        for i in range(0, len(self.x), step):
-            chunk = self.x[i:i + step]
-            n = len(chunk)
-            if isinstance(dim, int) and n < dim:  # a fixed batch axis: pad with copies of the last image
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], dim - n, axis=0)])
-            out.append(session.run(None, {INPUT: chunk})[0][:n].astype(np.float64))
-        return np.concatenate(out)
+    @classmethod
+    def of(cls, fp32: onnx.ModelProto, images: Images) -> Judge:
+        """The judge on the accuracy check's images (``images.heldout``), the fp32 model run once."""
+        return cls(images.heldout, images.heldout_labels, run(fp32, images.heldout))
+
+    def head(self, n: int) -> Judge:
+        """The same judge on the first ``n`` images only (the fp32 logits sliced, not run again)."""
+        return Judge(self.x[:n], self.labels[:n], self.reference[:n])
+
+    def logits(self, model: onnx.ModelProto) -> np.ndarray:
+        return run(model, self.x)
 
     def _top1(self, logits: np.ndarray) -> float:
         return 100.0 * float((logits.argmax(1) == self.labels).mean())
 
     def score(self, model: onnx.ModelProto) -> Score:
-        z = self._logits(model)
+        return self.score_logits(self.logits(model))
+
+    def score_logits(self, z: np.ndarray) -> Score:
+        """Top-1 and relative logit error of logits ``z`` computed on the judged images."""
         err = float(((z - self.reference) ** 2).sum() / max(float((self.reference ** 2).sum()), 1e-30))
         return Score(self._top1(z), err)
 
@@ -94,8 +109,10 @@ def search(quantizer: Quantizer, images: Images, options: CompileOptions) -> tup
         return full, {"sensitivity": None, "fallback": {"enabled": False, "in_float": [],
                                                         "why": "not measured (--sensitivity-samples 0)"}}
     fp32 = need("onnx").load_model(str(quantizer.pre))
-    judge, probe = Judge(fp32, images), Judge(fp32, images, options.sensitivity_samples)
-    base, probed = judge.score(full), probe.score(full)
+    judge = Judge.of(fp32, images)
+    probe = judge.head(options.sensitivity_samples)
+    z = judge.logits(full)
+    base, probed = judge.score_logits(z), probe.score_logits(z[:options.sensitivity_samples])
     costs: list[dict[str, Any]] = []
     for node in quantizer.layers():
         s = probe.score(quantizer.model([node]))
