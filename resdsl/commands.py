@@ -19,7 +19,7 @@ from .progress import Progress
 
 #: Option fields -> the flags that set them, for messages (:meth:`resdsl.errors.OptionError.render`).
 FLAGS = {"target": "--target", "out": "-o", "weights": "--weights", "precision": "--precision", "io": "--io",
-         "batch": "--batch", "opset": "--opset", "force": "--force", "seed": "--seed",
+         "batch": "--batch", "opset": "--opset", "exporter": "--exporter", "force": "--force", "seed": "--seed",
          "verify_batches": "--verify-batch", "max_params": "--max-params", "max_gmacs": "--max-gmacs",
          "workspace_mib": "--workspace", "opt_level": "--opt-level", "timing_cache": "--timing-cache",
          "tf32": "--tf32", "version_compatible": "--version-compatible", "device": "--device",
@@ -58,7 +58,8 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
     """The typed options of ``resdsl compile``; a target's option group only when one of its flags was given."""
     given = {k: getattr(args, k) for k in _TRT if getattr(args, k) is not None and getattr(args, k) is not False}
     return CompileOptions(target=args.target, out=args.output, weights=args.weights, precision=args.precision,
-                          io=args.io, batch=args.batch, opset=args.opset, force=args.force, seed=args.seed,
+                          io=args.io, batch=args.batch, opset=args.opset, exporter=args.exporter, force=args.force,
+                          seed=args.seed,
                           verify_batches=batch_list(args.verify_batch), limits=limits(args),
                           trt=TrtOptions(**given) if given else None,
                           aoti=AotiOptions(args.device) if args.device is not None else None,
@@ -229,6 +230,9 @@ def _add_compile(sub: Any) -> None:
     c.add_argument("--batch", default="1:1:32", metavar="MIN:OPT:MAX|N",
                    help="batch range (a dynamic axis when MIN < MAX); default 1:1:32")
     c.add_argument("--opset", type=int, default=18, help="ONNX opset (17 or newer; default 18)")
+    c.add_argument("--exporter", choices=("ir", "torch"), default="ir", help="how model.onnx is written: ir "
+                   "(from resdsl's graph, in about the time of writing the weights; default) or torch (torch.onnx "
+                   "traces the module: minutes on deep nets; the cross-check)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random init without --weights, and of the "
                    "verification inputs")
     c.add_argument("--eval-data", type=Path, metavar="DATA", help="labelled images (a layout resdsl train reads): "

@@ -135,6 +135,7 @@ class CompileOptions:
     io: str = "fp32"                       # dtype of the input and the logits
     batch: BatchProfile = field(default_factory=lambda: BatchProfile(1, 1, 32))
     opset: int = 18
+    exporter: str = "ir"                   # ONNX writer: "ir" (from resdsl's graph) or "torch" (torch.onnx)
     force: bool = False                    # replace an existing output directory
     seed: int = 0                          # random init without weights, and the verification inputs
     verify_batches: tuple[int, ...] = ()   # batch sizes to verify at; (): see resdsl.verify.batches
@@ -173,6 +174,9 @@ class CompileOptions:
                               "the default is fp32")
         if not _int(self.opset) or self.opset < 17:
             raise OptionError(f"{{opset}} {self.opset!r}: resdsl exports ONNX opset 17 or newer")
+        if self.exporter not in ("ir", "torch"):
+            raise OptionError(f"{{exporter}} {self.exporter!r}: choose ir (resdsl writes the ONNX graph itself, the "
+                              "default) or torch (torch.onnx traces the module, slower; a cross-check)")
         if not _int(self.seed):
             raise OptionError(f"{{seed}} {self.seed!r}: give an integer")
         if self.eval_max_drop is not None and ((self.eval_data is None and self.calibration is None)

@@ -61,6 +61,7 @@ def compile_spec(spec_path: str | Path, opts: CompileOptions, progress: Progress
                                      for path, ds in datasets.items()})
         del datasets
     reference = Reference(lambda: _reference(graph, spec, opts, str(spec_path))[0], model)
+    reference.probe(opts.seed, str(spec_path))  # a module whose own logits overflow: refused before any export
     del model  # held by ``reference`` alone, so that verifying the last target can free it
     manifest = _manifest(spec, str(spec_path), opts, counts, weights)
     prep = _preprocessing(spec, trained)

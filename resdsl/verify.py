@@ -183,6 +183,20 @@ class Reference:
 
     def __init__(self, build: Callable[[], Any], module: Any = None) -> None:
         self._build, self._module = build, module
+        self._probed: dict[int, np.ndarray] = {}  # seed -> the module's CPU logits at batch 1
+
+    def probe(self, seed: int = 0, source: str | None = None) -> None:
+        """One forward pass of the module on the batch-1 verification input: a module whose own logits overflow
+        is refused here, before any artefact is written (InputError, naming ``source``). The logits are kept for
+        the verification on the CPU, which needs them again."""
+        model = self.module
+        self._probed[seed] = _reference(model, inputs(model.graph.input.shape, 1, seed), "cpu", source)
+
+    def outputs(self, x: np.ndarray, seed: int, device: str) -> np.ndarray:
+        """The module's logits for ``x`` (the verification input of its batch size and ``seed``) on ``device``."""
+        if device == "cpu" and len(x) == 1 and seed in self._probed:
+            return self._probed[seed]
+        return _reference(self.module, x, device)
 
     @property
     def module(self) -> Any:
@@ -210,7 +224,8 @@ def check_target(report: Report, reference: Reference, target: Target, directory
     b = batches or plan.batches or default_batches(manifest.batch.min, manifest.batch.max)
     model = reference.module
     with _on_device(model, plan) as device:
-        cases = [(x, _reference(model, x, device)) for x in (inputs(model.graph.input.shape, n, seed) for n in b)]
+        xs = [inputs(model.graph.input.shape, n, seed) for n in b]
+        cases = [(x, reference.outputs(x, seed, device)) for x in xs]
     graph = model.graph
     del model
     if last:
@@ -313,15 +328,17 @@ def weights_path(m: Manifest, d: Path, given: Path | None = None) -> Path:
                      "manifest, so a copy anywhere will do)")
 
 
-def _reference(model: Any, x: np.ndarray, device: str) -> np.ndarray:
+def _reference(model: Any, x: np.ndarray, device: str, source: str | None = None) -> np.ndarray:
     import torch
 
     with torch.no_grad():
         ref: np.ndarray = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
     if not np.isfinite(ref).all():
-        raise InputError(f"{model.graph.name}: the PyTorch module's own logits overflow to inf/NaN under these "
-                         "weights (very deep nets with random weights and untrained BN statistics do), so there is "
-                         "nothing to verify against; compile with trained --weights")
+        raise InputError(f"{source or model.graph.name}: the PyTorch module's own logits overflow to inf/NaN under "
+                         "these weights (very deep nets with random weights and untrained BN statistics do: each "
+                         "unit adds its branch's variance), so there is nothing to verify against and nothing was "
+                         "written; compile with trained --weights, or set zero_init_residual: true in the spec "
+                         "(every unit then starts as the identity)")
     return ref
 
 

@@ -2,7 +2,8 @@
 
 Oracles: the eval-mode torch module (``model(x)``, ``model.forward_intermediates``)
 and ONNX Runtime / ``onnx`` run directly on the saved file, never values the
-backend computed itself. Each net is exported once per module (dynamo is ~5 s).
+backend computed itself. Each net is exported once per module, by the ``ir`` exporter (resdsl's own, the
+default) and the small one by torch's exporters too (dynamo is ~5 s), so every check here holds for both.
 """
 
 from __future__ import annotations
@@ -84,18 +85,21 @@ def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, ob.ExportInfo]]:
-    """tiny (dynamo), tiny at opset 17 (auto -> TorchScript), ResNet-18 at 64x64 (dynamo), all dynamic batch."""
+    """tiny, tiny at opset 17 and ResNet-18 at 64x64 written from resdsl's graph (ir); tiny by torch's exporter
+    at opset 18 (dynamo) and 17 (TorchScript); all dynamic batch."""
     d = tmp_path_factory.mktemp("onnx")
     out = {}
-    for key, text, opset in (("tiny", CIFAR, 18), ("tiny17", CIFAR, 17), ("r18", R18, 18)):
+    for key, text, opset, exporter in (("tiny", CIFAR, 18, "ir"), ("tiny17", CIFAR, 17, "ir"), ("r18", R18, 18, "ir"),
+                                       ("tiny-torch", CIFAR, 18, "torch"), ("tiny17-torch", CIFAR, 17, "torch")):
         model = trained_looking(text)
-        info = ob.export(model, d / f"{key}.onnx", opset=opset)
+        info = ob.export(model, d / f"{key}.onnx", opset=opset, exporter=exporter)
         assert model.training, "export must put the module back in training mode"
         out[key] = (model.eval(), info)
     return out
 
 
-NETS = ["tiny", "tiny17", "r18"]
+NETS = ["tiny", "tiny17", "r18", "tiny-torch", "tiny17-torch"]
+EXPORTER = {"tiny": "ir", "tiny17": "ir", "r18": "ir", "tiny-torch": "dynamo", "tiny17-torch": "torchscript"}
 
 
 @pytest.mark.parametrize("key", NETS)
@@ -136,8 +140,8 @@ def test_io_names_opset_and_symbolic_batch(exported: dict, key: str) -> None:
     onnx.checker.check_model(info.path, full_check=True)
     assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["logits"]
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    assert opset == info.opset >= 17 and opset == (17 if key == "tiny17" else 18)
-    assert info.exporter == ("torchscript" if key == "tiny17" else "dynamo")
+    assert opset == info.opset >= 17 and opset == (17 if key.startswith("tiny17") else 18)
+    assert info.exporter == EXPORTER[key]
     for v in (proto.graph.input[0], proto.graph.output[0]):
         dim = v.type.tensor_type.shape.dim[0]
         assert dim.dim_param and not dim.HasField("dim_value")
@@ -238,7 +242,7 @@ def test_truncated_and_edited_files_are_input_errors(exported: dict, tmp_path: P
         ob.session(tmp_path / "missing.onnx")
 
 
-@pytest.mark.parametrize("key", ["tiny", "tiny17"])
+@pytest.mark.parametrize("key", ["tiny", "tiny17", "tiny-torch"])
 def test_file_is_protobufs_serialization_then_the_digest_record(exported: dict, key: str, tmp_path: Path) -> None:
     """The file is written a piece at a time; it must equal protobuf's own serialization of the model (the oracle)
     followed by one metadata record holding the sha256 of those bytes."""

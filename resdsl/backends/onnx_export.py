@@ -9,9 +9,11 @@ compared; ONNX Runtime and TensorRT fold it when they build. ``metadata_props``
 keep the map (``resdsl.tensors``) and a sha256 of the rest (``resdsl.sha256``),
 checked on every load.
 
-Exporter choice, from ``bench/onnx_exporters.py`` (torch 2.13.0 CPU, onnx 1.23.2,
-onnxruntime 1.32.0, 2 cores, opset 18, dynamic batch). s: first export in a
-process / median of 3 more; err: max|ORT - torch| / max|torch| at batch 1 and 3
+Exporters. ``ir`` (the default) writes the file from resdsl's graph and the module's state_dict
+(:mod:`resdsl.backends.onnx_emit`): no tracing, so its time is about that of writing the weights. ``torch`` has
+torch.onnx trace the module, the cross-check the tests compare ``ir`` with. Torch's two exporters, measured by
+``bench/onnx_exporters.py`` (torch 2.13.0 CPU, onnx 1.23.2, onnxruntime 1.32.0, 2 cores, opset 18, dynamic
+batch). s: first export in a process / median of 3 more; err: max|ORT - torch| / max|torch| at batch 1 and 3
 from one file; paths: module paths readable in the raw export; noopt: optimize=False::
 
     net      exporter      first s  warm s  err b1   err b3   dyn  paths    nodes
@@ -25,12 +27,12 @@ from one file; paths: module paths readable in the raw export; noopt: optimize=F
     r50@224  dynamo          11.41   11.36  7.6e-07  8.3e-07  yes  105/158    122
     r50@224  dynamo-noopt     8.34    8.84  8.1e-07  8.2e-07  yes  158/158    450
 
-All exact, all keep the batch axis. TorchScript is 3-8x faster but names scopes by
-attribute only (``/conv1_1/Conv``) and is deprecated; dynamo's default optimizer
-folds BN into the conv, losing the conv's output and path. So ``auto`` is dynamo
-with optimize=False, then :func:`_tidy` (r18: 70 nodes); for opset 17 it is
-TorchScript (dynamo emits >= 18; onnx has no Pad 18 -> 17 adapter), whose paths
-are rebuilt from torch's ``_unqualified_variable_name`` scopes (``relu_1``, ``downsample.0``).
+TorchScript is faster but names scopes by attribute only (``/conv1_1/Conv``) and is deprecated; dynamo's default
+optimizer folds BN into the conv, losing the conv's output and path. So ``torch`` is dynamo with
+optimize=False, then :func:`_tidy`; for opset 17 it is TorchScript (dynamo emits >= 18; onnx has no Pad 18 -> 17
+adapter), whose paths are rebuilt from torch's ``_unqualified_variable_name`` scopes (``relu_1``,
+``downsample.0``). Either way :func:`resdsl.backends.onnx_names.name_layers` renames the traced graph's tensors
+to the layout ``ir`` writes directly.
 """
 
 from __future__ import annotations
@@ -70,24 +72,57 @@ class ExportInfo:
     seconds: float = 0.0
 
 
+#: ``exporter`` values: ``ir`` writes the file from resdsl's graph (:mod:`resdsl.backends.onnx_emit`); ``torch``
+#: traces the module with torch.onnx (dynamo, or TorchScript for opset 17), the cross-check; ``dynamo`` and
+#: ``torchscript`` pick one of torch's.
+EXPORTERS = ("ir", "torch", "dynamo", "torchscript")
+
+
 def export(model: ResNet, path: PathLike, *, opset: int = 18, batch: int | None = None, dynamic_batch: bool = True,
-           exporter: str = "auto") -> ExportInfo:
-    """Export ``model`` in eval mode to ``path`` (written atomically, then checked with ``full_check``).
+           exporter: str = "ir", dynamic_size: bool = False) -> ExportInfo:
+    """Export ``model`` (inference form: BN from its running statistics) to ``path``, written atomically, then
+    checked with ``full_check``.
 
     ``batch`` is the fixed batch size when ``dynamic_batch`` is False (default 1);
-    otherwise the axis is the symbol ``batch``, checked in the result. ``exporter``:
-    ``auto`` (dynamo; TorchScript for opset 17), ``dynamo`` or ``torchscript``.
+    otherwise the axis is the symbol ``batch``, checked in the result. ``exporter``: one of :data:`EXPORTERS`.
+    ``dynamic_size``: height and width as the symbols ``height`` and ``width`` (the ``ir`` exporter).
     """
     ox = need("onnx")
     batch = 1 if batch is None else batch
-    if not MIN_OPSET <= opset <= ox.defs.onnx_opset_version() or batch < 1 or exporter not in (
-            "auto", "dynamo", "torchscript"):
+    if not MIN_OPSET <= opset <= ox.defs.onnx_opset_version() or batch < 1 or exporter not in EXPORTERS:
         raise InputError(f"opset {opset}, batch {batch}, exporter {exporter!r}: resdsl exports opsets {MIN_OPSET} to "
-                         f"{ox.defs.onnx_opset_version()}, batches >= 1, with 'auto', 'dynamo' or 'torchscript'")
-    chosen = "torchscript" if exporter == "torchscript" or (exporter == "auto" and opset < 18) else "dynamo"
+                         f"{ox.defs.onnx_opset_version()}, batches >= 1, with one of {', '.join(EXPORTERS)}")
+    if dynamic_size and exporter != "ir":
+        raise InputError(f"exporter {exporter!r}: symbolic height and width are written by the 'ir' exporter only")
+    chosen = ("ir" if exporter == "ir" else
+              "torchscript" if exporter == "torchscript" or (exporter == "torch" and opset < 18) else "dynamo")
+    start = time.perf_counter()
+    if chosen == "ir":
+        from .onnx_emit import emit
+
+        proto, tensors = emit(model.graph, model.state_dict(), opset=opset, batch=None if dynamic_batch else batch,
+                              dynamic_size=dynamic_size)
+    else:
+        proto, tensors = _traced(model, chosen, opset, batch, dynamic_batch)
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*proto.graph.input, *proto.graph.output)]
+    if len(dims) != 2 or [d[0] for d in dims] != [BATCH if dynamic_batch else batch] * 2:
+        raise VerificationError(f"the {chosen} exporter wrote input/output shapes {dims}, not one input and one "
+                                f"output with batch axis {BATCH if dynamic_batch else batch!r}; try the other exporter")
+    proto.metadata_props.add(key=TENSORS_KEY, value=json.dumps(tensors))
+    tmp = write_temporary(proto, Path(path))
+    del proto  # the checker loads the file: no second copy of the model meanwhile
+    commit(tmp, Path(path))
+    return ExportInfo(str(path), opset, chosen, INPUT, OUTPUT, tuple(dims[0]), tuple(dims[1]), tensors,
+                      time.perf_counter() - start)
+
+
+def _traced(model: ResNet, chosen: str, opset: int, batch: int, dynamic_batch: bool
+            ) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """torch.onnx's export of ``model`` in eval mode, tidied, its layers named by module path."""
     import torch
 
-    start, was_training = time.perf_counter(), model.training
+    was_training = model.training
     model.eval()
     try:
         param = next(model.parameters(), None)
@@ -102,18 +137,7 @@ def export(model: ResNet, path: PathLike, *, opset: int = 18, batch: int | None 
         model.train(was_training)
     from .onnx_names import name_layers
 
-    tensors = name_layers(proto, model.graph, chosen)
-    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in (*proto.graph.input, *proto.graph.output)]
-    if len(dims) != 2 or [d[0] for d in dims] != [BATCH if dynamic_batch else batch] * 2:
-        raise VerificationError(f"the {chosen} exporter wrote input/output shapes {dims}, not one input and one "
-                                f"output with batch axis {BATCH if dynamic_batch else batch!r}; try the other exporter")
-    proto.metadata_props.add(key=TENSORS_KEY, value=json.dumps(tensors))
-    tmp = write_temporary(proto, Path(path))
-    del proto  # the checker loads the file: no second copy of the model meanwhile
-    commit(tmp, Path(path))
-    return ExportInfo(str(path), opset, chosen, INPUT, OUTPUT, tuple(dims[0]), tuple(dims[1]), tensors,
-                      time.perf_counter() - start)
+    return proto, name_layers(proto, model.graph, chosen)
 
 
 def _dynamo(model: Any, x: Any, opset: int, dynamic: bool) -> ir.Model:
