@@ -89,3 +89,27 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     arrays = np.load(ROOT / "tests" / "data" / "digits.npz")
     return write_digits(tmp_path_factory.mktemp("digits") / "data", images=arrays["images"],
                         targets=arrays["targets"])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker is one of as many processes as there are cores: torch and ONNX Runtime get
+    one thread each per worker (as OMP_NUM_THREADS=1 gives the processes the tests start), instead of a pool
+    per core in every worker, whose threads would fight over the cores and spin."""
+    import os
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    os.environ["OMP_NUM_THREADS"] = "1"  # the subprocesses this worker starts
+    import onnxruntime
+    import torch
+
+    torch.set_num_threads(1)
+    init = onnxruntime.InferenceSession.__init__
+
+    def one_thread(self: Any, path_or_bytes: Any, sess_options: Any = None, *args: Any, **kw: Any) -> None:
+        opts = sess_options or onnxruntime.SessionOptions()
+        if opts.intra_op_num_threads == 0:  # ONNX Runtime's default: a thread per core
+            opts.intra_op_num_threads = 1
+        init(self, path_or_bytes, opts, *args, **kw)
+
+    onnxruntime.InferenceSession.__init__ = one_thread  # type: ignore[method-assign]

@@ -23,9 +23,10 @@ from .test_idx import FASHION, needs_fashion
 
 DATA = ROOT / "tests" / "data"
 NETS = {"resnet20": (SPECS / "fashion" / "resnet20.yaml", DATA / "fashion-resnet20.pt"),
-        "resnet20-se-d": (SPECS / "fashion" / "resnet20-se-d.yaml", DATA / "fashion-resnet20-se-d.pt")}
+        "resnet20-se-d": (SPECS / "fashion" / "resnet20-se-d.yaml", DATA / "fashion-resnet20-se-d.pt"),
+        "resnet56": (SPECS / "fashion" / "resnet56.yaml", DATA / "fashion-resnet56.pt")}
 #: What resdsl train measured on the 10,000 test images (tests/data/fashion-nets.md): the oracle's figure.
-TRAINED = {"resnet20": 90.96, "resnet20-se-d": 86.76}
+TRAINED = {"resnet20": 90.96, "resnet20-se-d": 86.76, "resnet56": 87.11}
 SUBSET = 2000
 pytestmark = needs_fashion
 

@@ -204,10 +204,10 @@ def _check(path: PathLike, keep: bool) -> tuple[onnx.ModelProto, str]:
     if external:  # resdsl's files are self-contained; external data could name any file on the machine
         raise InputError(f"{path}: tensors {external[:3]} point at external data files; resdsl artefacts hold "
                          f"their weights inside model.onnx, so this file was not made by resdsl; {_FIX}")
-    if not _intact(data, proto):
+    digest = _intact(data, proto)
+    if digest is None:
         raise InputError(f"{path}: the model was changed after resdsl wrote it (its sha256 no longer matches the "
                          f"one stored in it); {_FIX}")
-    digest = hashlib.sha256(data).hexdigest()
     del data
     if not keep:
         proto = ox.ModelProto()
@@ -218,25 +218,29 @@ def _check(path: PathLike, keep: bool) -> tuple[onnx.ModelProto, str]:
     return proto, digest
 
 
-def _intact(data: bytes, proto: onnx.ModelProto) -> bool:
-    """Whether a file with resdsl's metadata carries the digest of the rest (one without any is let through).
+def _intact(data: bytes, proto: onnx.ModelProto) -> str | None:
+    """The sha256 of the file's bytes ``data`` if it carries the digest of the rest (a file without resdsl's
+    metadata is let through), else None.
 
     As :func:`write_temporary` writes it, the file is the canonical bytes followed by the digest record: that is
     checked on the bytes. Otherwise (a model re-saved by another tool) the digest is recomputed from ``proto``
     with the entry removed, canonically serialized; ``proto`` is left as it was.
     """
     n = len(_stamp("0" * 64))
-    body = memoryview(data)[:-n]  # a view: slicing the bytes would copy the whole model
-    if len(data) > n and data[-n:] == _stamp(hashlib.sha256(body).hexdigest()):
-        return True
+    if len(data) > n:
+        h = hashlib.sha256(memoryview(data)[:-n])  # a view: slicing the bytes would copy the whole model
+        if data[-n:] == _stamp(h.hexdigest()):
+            h.update(data[-n:])  # the whole file's digest from the body's: one pass over the bytes
+            return h.hexdigest()
     try:  # an edited key may not even be a str
         ours = any(str(p.key).startswith("resdsl.") for p in proto.metadata_props)
         copy = type(proto)()
         copy.CopyFrom(proto)
         stamped, digest = _digest(copy)
-        return stamped == [digest] if stamped else not ours
+        ok = stamped == [digest] if stamped else not ours
     except Exception:
-        return False
+        ok = False
+    return hashlib.sha256(data).hexdigest() if ok else None
 
 
 def _tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
