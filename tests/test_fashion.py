@@ -84,12 +84,17 @@ def test_the_reference_nets_full_test_split(net: str) -> None:
     assert _oracle_top1(net, 10000) == pytest.approx(100.0 - ck["resdsl"]["test_error"], abs=0.021)  # 2 images
 
 
-@pytest.mark.parametrize("precision", ["fp16", pytest.param("int8-ort", marks=pytest.mark.slow),
-                                       pytest.param("int8-trt", marks=pytest.mark.slow)])
-def test_resnet20_keeps_its_accuracy(precision: str, fashion_subset: Path, tmp_path: Path, cli: Any) -> None:
+#: make test: ResNet-20 in fp16; make test-all: every reference net in fp16 and int8 (both schemes)
+CASES = [pytest.param(net, precision, marks=() if (net, precision) == ("resnet20", "fp16") else pytest.mark.slow)
+         for net in NETS for precision in ("fp16", "int8-ort", "int8-trt")]
+
+
+@pytest.mark.parametrize(("net", "precision"), CASES)
+def test_the_reference_nets_keep_their_accuracy(net: str, precision: str, fashion_subset: Path, tmp_path: Path,
+                                                cli: Any) -> None:
     """fp16 within 0.1 point of the module on the 2,000 test images; int8 within the 1-point budget in both
     schemes, by default (fallback allowed, layers left in float reported); the module's figure is the oracle's."""
-    spec, weights = NETS["resnet20"]
+    spec, weights = NETS[net]
     args = ["compile", str(spec), "--weights", str(weights), "-o", str(tmp_path / "out"), "-q"]
     if precision == "fp16":
         args += ["--precision", "fp16", "--eval-data", str(fashion_subset), "--max-drop", "0.1"]
@@ -98,5 +103,5 @@ def test_resnet20_keeps_its_accuracy(precision: str, fashion_subset: Path, tmp_p
     r = cli(*args)
     assert r.returncode == 0, r.stderr
     acc = read(tmp_path / "out").verification["accuracy"]  # type: ignore[index]
-    assert acc["images"] == SUBSET and acc["module"]["top1"] == pytest.approx(_oracle_top1("resnet20", SUBSET))
+    assert acc["images"] == SUBSET and acc["module"]["top1"] == pytest.approx(_oracle_top1(net, SUBSET))
     assert acc["drop"] <= (0.1 if precision == "fp16" else 1.0)
