@@ -1,4 +1,5 @@
-"""Measure torch.onnx's two exporters on resdsl nets; the figures behind ``backends/onnx.py``'s choice.
+"""Measure resdsl's own ONNX writer (``ir``) and torch.onnx's two exporters on resdsl nets; the figures behind
+``backends/onnx_export.py``'s choice.
 
 Usage: ``PYTHONPATH=. python3 bench/onnx_exporters.py [--nets cifar20,r18,r50] [--repeat 3]``.
 
@@ -9,7 +10,8 @@ largest |logit|), whether the batch axis of input and output is a symbolic
 ``dim_param`` in the saved file, and how many of the graph's module paths can be
 read back from the raw export: from node names (TorchScript scopes) or from the
 ``pkg.torch.onnx.name_scopes`` metadata (dynamo). It measures the exporters
-themselves, before any of resdsl's post-processing.
+themselves, before any of resdsl's post-processing (``ir``: the model
+:func:`resdsl.backends.onnx_emit.emit` builds, serialized; no checker, no file).
 """
 
 from __future__ import annotations
@@ -74,7 +76,11 @@ head: {classes: 1000}
 
 
 def export_raw(model: torch.nn.Module, x: torch.Tensor, exporter: str) -> bytes:
-    """One raw torch.onnx.export call with a dynamic batch axis; returns the serialized model."""
+    """One raw export with a dynamic batch axis; returns the serialized model."""
+    if exporter == "ir":
+        from resdsl.backends.onnx_emit import emit
+
+        return bytes(emit(model.graph, model.state_dict())[0].SerializeToString())  # type: ignore[attr-defined]
     if exporter.startswith("dynamo"):
         prog = torch.onnx.export(model, (x,), input_names=["input"], output_names=["logits"], opset_version=18,
                                  dynamo=True, dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False,
@@ -115,7 +121,7 @@ def main() -> None:
         paths = [n.name for n in model.graph.nodes[1:] if not n.name.endswith(".add")]
         gen = torch.Generator().manual_seed(0)
         xs = {b: torch.randn(b, c, h, w, generator=gen) for b in (1, 2, 3)}
-        for exporter in ("torchscript", "dynamo", "dynamo-noopt"):
+        for exporter in ("ir", "torchscript", "dynamo", "dynamo-noopt"):
             times = []
             for _ in range(1 + args.repeat):
                 t0 = time.perf_counter()

@@ -10,22 +10,26 @@ keep the map (``resdsl.tensors``) and a sha256 of the rest (``resdsl.sha256``),
 checked on every load.
 
 Exporters. ``ir`` (the default) writes the file from resdsl's graph and the module's state_dict
-(:mod:`resdsl.backends.onnx_emit`): no tracing, so its time is about that of writing the weights. ``torch`` has
-torch.onnx trace the module, the cross-check the tests compare ``ir`` with. Torch's two exporters, measured by
-``bench/onnx_exporters.py`` (torch 2.13.0 CPU, onnx 1.23.2, onnxruntime 1.32.0, 2 cores, opset 18, dynamic
-batch). s: first export in a process / median of 3 more; err: max|ORT - torch| / max|torch| at batch 1 and 3
-from one file; paths: module paths readable in the raw export; noopt: optimize=False::
+(:mod:`resdsl.backends.onnx_emit`): no tracing, so its time is about that of serializing the weights. ``torch``
+has torch.onnx trace the module, the cross-check the tests compare ``ir`` with. Measured by
+``bench/onnx_exporters.py`` on 2026-12-07 (torch 2.13.0 CPU, onnx 1.23.2, onnxruntime 1.32.0, 2 cores of an AMD
+EPYC Zen 4, opset 18, dynamic batch). s: first export in a process / median of 3 more; err: max|ORT - torch| /
+max|torch| at batch 1 and 3 from one file; paths: module paths readable in the raw export; noopt:
+optimize=False::
 
     net      exporter      first s  warm s  err b1   err b3   dyn  paths    nodes
-    cifar20  torchscript      0.98    0.54  2.8e-07  1.7e-07  yes    4/61     118
-    cifar20  dynamo           8.54    5.34  2.8e-07  1.6e-07  yes   42/61      56
-    cifar20  dynamo-noopt     7.37    7.10  2.8e-07  1.4e-07  yes   61/61     256
-    r18@64   torchscript      1.56    1.53  6.3e-07  7.9e-07  yes    5/60      65
-    r18@64   dynamo           5.32    5.62  6.1e-07  8.2e-07  yes   40/60      49
-    r18@64   dynamo-noopt     4.69    4.57  6.1e-07  7.7e-07  yes   60/60     179
-    r50@224  torchscript      1.58    1.58  8.0e-07  8.5e-07  yes    5/158    169
-    r50@224  dynamo          11.41   11.36  7.6e-07  8.3e-07  yes  105/158    122
-    r50@224  dynamo-noopt     8.34    8.84  8.1e-07  8.2e-07  yes  158/158    450
+    cifar20  ir               0.01    0.00  2.8e-07  2.1e-07  yes   61/61      73
+    cifar20  torchscript      0.23    0.13  2.1e-07  2.1e-07  yes    4/61     118
+    cifar20  dynamo           4.45    2.43  2.8e-07  2.1e-07  yes   42/61      56
+    cifar20  dynamo-noopt     2.25    2.22  2.8e-07  1.4e-07  yes   61/61     256
+    r18@64   ir               0.14    0.13  5.9e-07  5.5e-07  yes   60/60      69
+    r18@64   torchscript      0.25    0.22  6.1e-07  5.3e-07  yes    5/60      65
+    r18@64   dynamo           2.46    2.43  5.9e-07  5.5e-07  yes   40/60      49
+    r18@64   dynamo-noopt     2.31    2.08  6.1e-07  5.2e-07  yes   60/60     179
+    r50@224  ir               0.23    0.24  7.0e-07  6.5e-07  yes  158/158    175
+    r50@224  torchscript      0.78    0.77  6.6e-07  6.8e-07  yes    5/158    169
+    r50@224  dynamo           4.52    4.72  7.0e-07  6.5e-07  yes  105/158    122
+    r50@224  dynamo-noopt     4.35    3.89  5.4e-07  6.0e-07  yes  158/158    450
 
 TorchScript is faster but names scopes by attribute only (``/conv1_1/Conv``) and is deprecated; dynamo's default
 optimizer folds BN into the conv, losing the conv's output and path. So ``torch`` is dynamo with
