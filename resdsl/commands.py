@@ -31,7 +31,7 @@ FLAGS = {"target": "--target", "out": "-o", "weights": "--weights", "precision":
          "max_queue_delay_us": "--max-queue-delay-us", "instances": "--instances", "kind": "--kind",
          "cuda_graphs": "--cuda-graphs", "dynamic_batching": "--dynamic-batching", "resize": "--resize",
          "random_weights_ok": "--random-weights", "fallback": "--no-fallback",
-         "sensitivity_samples": "--sensitivity-samples"}
+         "sensitivity_samples": "--sensitivity-samples", "size": "--size"}
 _TRT = ("workspace_mib", "opt_level", "timing_cache", "tf32", "version_compatible")
 
 

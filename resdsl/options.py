@@ -26,6 +26,20 @@ DEFAULT_MAX_PARAMS = 2_000_000_000  # 8 GB of float32 weights
 DEFAULT_MAX_GMACS = 2_000.0         # 2 TMACs for one image
 
 
+#: the largest input side a spec may give (``input.size``), and ``--size``
+MAX_SIDE = 16384
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``--size HxW`` (``800x1216``) or ``N`` for a square: the input's height and width."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(text))
+    size = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else None
+    if size is None or not all(1 <= s <= MAX_SIDE for s in size):
+        raise OptionError(f"{{size}} {text!r}: give the input's height and width as HxW (e.g. 800x1216), or one "
+                          f"number for a square, each from 1 to {MAX_SIDE} pixels")
+    return size
+
+
 def _int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -116,3 +117,45 @@ def test_stage_totals_add_up_and_shapes_follow_table1() -> None:
 def test_flops_unit_is_twice_macs() -> None:
     r = count(expand(load(SPECS / "resnet18.yaml")))
     assert r.to_dict("flops")["total"] == 2 * r.to_dict("macs")["total"] == 2 * r.macs
+
+
+@pytest.mark.parametrize(("name", "size"), [("torchvision/resnet50", (800, 1216)), ("timm/ecaresnet50d", (799, 1215)),
+                                            ("cifar/resnet20", (33, 47))])
+def test_counts_at_another_input_size(name: str, size: tuple[int, int], tmp_path: Path) -> None:
+    """``resdsl flops --size`` (run without torch) equals FlopCounterMode on the module built at that size, and
+    its stage outputs follow the conv arithmetic (odd sizes too, where padding and ceil-mode pooling round)."""
+    import dataclasses
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    code = ("import sys; sys.modules['torch'] = None; from resdsl.cli import main; "
+            f"sys.exit(main(['flops', 'specs/{name}.yaml', '--size', '{size[0]}x{size[1]}', '--json']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["input"][1:] == list(size)
+    assert all(e["key"] != "gflops" for e in doc["expect"])  # the spec's FLOPs are for its own size
+    spec = dataclasses.replace(load(SPECS / f"{name}.yaml"), in_size=size)
+    model = build(spec, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        model(torch.empty(1, spec.in_channels, *size, device="meta"))
+    assert doc["total"] == sum(s["total"] for s in doc["stages"]) == counter.get_total_flops() // 2
+    outs = {s["name"]: s["output"] for s in doc["stages"]}
+    got = model.forward_intermediates(torch.empty(1, spec.in_channels, *size, device="meta"),
+                                      [n.name for n in model.graph.nodes])
+    last = {n.stage: n.name for n in model.graph.nodes}
+    for stage, shape in outs.items():  # each stage's output: what the module computes at that size
+        assert list(got[last[stage]].shape[1:]) == shape, stage
+    if name == "torchvision/resnet50":  # by hand: 7x7/2 stem, 3x3/2 pool, then /2 per later stage
+        assert [outs[s][1:] for s in ("conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x")] == [
+            [400, 608], [200, 304], [100, 152], [50, 76], [25, 38]]
+        assert doc["stages"][0]["total"] == 64 * 3 * 49 * 400 * 608  # conv1 alone: BN and ReLU count nothing
+
+
+@pytest.mark.parametrize("bad", ["0x5", "800x", "800x99999", "big"])
+def test_a_bad_size_names_the_flag(bad: str, cli: Any) -> None:
+    r = cli("flops", str(SPECS / "resnet50.yaml"), "--size", bad)
+    assert r.returncode == 2 and f"--size {bad!r}: give the input's height and width as HxW" in r.stderr
