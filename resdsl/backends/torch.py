@@ -222,14 +222,25 @@ def build(spec: Spec | str | Path, *, seed: int | None = 0, device: str | torch.
 
 def from_graph(graph: Graph, *, seed: int | None = 0, device: str | torch.device | None = None,
                zero_init_residual: bool = False) -> ResNet:
-    """The module of an expanded graph, initialised as :func:`build` does (no limits checked)."""
-    with torch.device(device) if device is not None else contextlib.nullcontext():
+    """The module of an expanded graph, initialised as :func:`build` does (no limits checked).
+
+    With a seed, the layers are made on the meta device and given uninitialised storage: every tensor is then
+    set below (weights by :func:`init_weights` and ``fc.reset_parameters``, BN statistics by
+    ``reset_running_stats``), so the layers' own default initialisation, drawn only to be overwritten, is skipped
+    (a third of building ResNet-152). ``seed=None`` keeps it, since it advances the global RNG the caller chose.
+    """
+    if str(device) == "meta" or seed is None:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = ResNet(graph)
+        if seed is None and str(device) != "meta":
+            init_weights(model, zero_init_residual)
+        return model
+    with torch.device("meta"):
         model = ResNet(graph)
-    if str(device) == "meta":
-        return model
-    if seed is None:
-        init_weights(model, zero_init_residual)
-        return model
+    model = model.to_empty(device=device if device is not None else "cpu")
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         init_weights(model, zero_init_residual)
