@@ -183,3 +183,24 @@ def test_average_pool_stem() -> None:
         out = model.forward_intermediates(x, ["relu", "stem_avgpool"])
     pooled = nn.functional.avg_pool2d(out["relu"], 3, 2, 1)
     torch.testing.assert_close(out["stem_avgpool"], pooled)
+
+
+@pytest.mark.parametrize("name", ["timm/ecaresnet50d", "fashion/resnet20-se-d", "preact/resnet164", "resnet34-c"])
+def test_a_seeded_build_sets_every_tensor(name: str) -> None:
+    """A seeded build skips the layers' default init (their storage starts uninitialised): every tensor must equal
+    that of a module whose layers were made the ordinary way, then initialised from the same seed."""
+    from resdsl.backends.torch import ResNet, from_graph, init_weights
+    from resdsl.expand import expand
+    from resdsl.spec import load as load_spec
+
+    spec = load_spec(SPECS / f"{name}.yaml")
+    graph = expand(spec)
+    ordinary = ResNet(graph)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        init_weights(ordinary, spec.zero_init_residual)
+        ordinary.get_submodule("fc").reset_parameters()
+    fast = from_graph(graph, seed=3, zero_init_residual=spec.zero_init_residual)
+    a, b = ordinary.state_dict(), fast.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
