@@ -26,7 +26,7 @@ DEFAULT_MAX_PARAMS = 2_000_000_000  # 8 GB of float32 weights
 DEFAULT_MAX_GMACS = 2_000.0         # 2 TMACs for one image
 
 
-#: the largest input side a spec may give (``input.size``), and ``--size``
+#: the largest input side a spec (``input.size``, checked by resdsl.validate) or ``--size`` may give
 MAX_SIDE = 16384
 
 

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from .errors import Problem, SpecError
+from .options import MAX_SIDE
 from .spec_types import (
     ATTENTIONS,
     BLOCKS,
@@ -175,8 +176,8 @@ def _size(c: Checker, v: Any) -> tuple[int, int] | None:
             or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)):
         c.error(path, f"expected an integer or [H, W], got {_show(v)}")
         return None
-    if min(v) < 1 or max(v) > 16384:
-        c.error(path, f"each side must be between 1 and 16384 pixels, got {v}")
+    if min(v) < 1 or max(v) > MAX_SIDE:
+        c.error(path, f"each side must be between 1 and {MAX_SIDE} pixels, got {v}")
         return None
     return (v[0], v[1])
 

@@ -27,7 +27,7 @@ from resdsl import build
 from resdsl.backends import onnx as ob
 from resdsl.errors import BackendUnavailable, InputError
 from resdsl.passes.fp16 import to_float16
-from resdsl.spec import loads
+from resdsl.spec import Spec, loads
 
 CIFAR = """resdsl: 1
 name: tiny
@@ -56,9 +56,10 @@ RTOL = 1e-4  # of the largest |value| of the torch tensor compared against
 FP16_TOL = 1e-2  # fp16 vs torch's fp32 logits, of the largest |logit| (seen: 9e-4 tiny, 1.3e-3 ResNet-18)
 
 
-def trained_looking(text: str) -> Any:
-    """A net whose BNs have non-trivial running statistics and affine terms, left in training mode."""
-    model = build(loads(text))
+def trained_looking(spec: str | Spec) -> Any:
+    """A net (spec text or Spec) whose BNs have non-trivial running statistics and affine terms, and whose conv
+    biases (attention's) are not zero, left in training mode."""
+    model = build(loads(spec) if isinstance(spec, str) else spec)
     gen = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -67,6 +68,8 @@ def trained_looking(text: str) -> Any:
             m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
             m.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
             m.bias.data.copy_(torch.randn(c, generator=gen) * 0.1)
+        elif isinstance(m, torch.nn.Conv2d) and m.bias is not None:
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
     return model.train()
 
 

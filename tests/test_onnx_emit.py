@@ -27,6 +27,9 @@ from resdsl.errors import InputError
 from resdsl.expand import expand
 from resdsl.spec import from_resolved, load
 
+from .test_onnx_backend import rel_err as rel
+from .test_onnx_backend import trained_looking
+
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted(p for p in (ROOT / "specs").rglob("*.yaml") if "invalid" not in p.parts)
 RTOL = 1e-5  # of the largest |value| of the torch tensor compared against (seen: 1.5e-6)
@@ -51,27 +54,6 @@ def reduced(path: Path) -> Any:
     return from_resolved(doc, str(path))
 
 
-def trained_looking(spec: Any) -> Any:
-    """The module with non-trivial BN statistics and affine terms (and attention biases), in eval mode."""
-    model = from_graph(expand(spec), seed=0, zero_init_residual=spec.zero_init_residual)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
-            elif isinstance(m, torch.nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-    return model.eval()
-
-
-def rel(got: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-12))
-
-
 def op_counts(path: str) -> Counter[str]:
     return Counter(n.op_type for n in onnx.load(path).graph.node if n.op_type not in SPELLING)
 
@@ -87,7 +69,7 @@ def attrs(node: onnx.NodeProto) -> dict[str, Any]:
 
 def cross_check(path: Path, tmp: Path) -> None:
     spec = reduced(path)
-    model = trained_looking(spec)
+    model = trained_looking(spec).eval()
     ir = ob.export(model, tmp / "ir.onnx", exporter="ir")
     traced = ob.export(model, tmp / "torch.onnx", exporter="torch")
     assert (ir.exporter, traced.exporter) == ("ir", "dynamo")
@@ -146,7 +128,7 @@ def test_quick_set_covers_every_lowering() -> None:
 @pytest.mark.parametrize("name", ["timm/ecaresnet50d", "cifar/resnet20", "fashion/resnet20-se-d", "preact/resnet164"])
 def test_symbolic_height_and_width(name: str, tmp_path: Path) -> None:
     """One file, any input size: odd sizes too, where ceil-mode pooling (shortcut D) and padding bite."""
-    model = trained_looking(reduced(ROOT / "specs" / f"{name}.yaml"))
+    model = trained_looking(reduced(ROOT / "specs" / f"{name}.yaml")).eval()
     info = ob.export(model, tmp_path / "m.onnx", dynamic_size=True, opset=17 if "cifar" in name else 18)
     c = model.graph.input.shape[0]
     assert info.input_shape == ("batch", c, "height", "width")
