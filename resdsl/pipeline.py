@@ -67,7 +67,7 @@ def compile_spec(spec_path: str | Path, opts: CompileOptions, progress: Progress
     prep = _preprocessing(spec, trained)
     if prep is not None:
         manifest = manifest.with_(sections={**manifest.sections, "preprocessing": prep})
-    report = new_report(graph, opts.precision, counts.macs)
+    report = new_report(opts.precision, counts.macs, reference)
     with staging_dir(out, force=opts.force) as stage:
         for i, target in enumerate(targets):
             manifest = _add(manifest, stage, target.write(stage, reference.module, spec, opts, progress))

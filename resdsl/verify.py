@@ -125,19 +125,37 @@ def compare(out: np.ndarray, ref: np.ndarray, tol: Tolerance, backend: str) -> C
     return Check(backend, int(ref.shape[0]), max_abs, rel, top1, int(decisive.sum()), ok)
 
 
-def flop_check(graph: Graph, analytic_macs: int) -> dict[str, Any]:
-    """Analytic MACs against ``torch.utils.flop_counter`` on the module (built on the meta device: no compute)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+def flop_check(analytic_macs: int, traced_macs: int) -> dict[str, Any]:
+    """Analytic MACs against ``torch.utils.flop_counter``'s count of the module's forward pass at batch 1
+    (:meth:`Reference.probe` counts it)."""
+    return {"analytic_macs": analytic_macs, "traced_macs": traced_macs, "passed": traced_macs == analytic_macs}
 
-    from .backends.torch import ResNet
 
-    with torch.device("meta"):  # initialising ResNet-152's weights on the CPU would take a second
-        meta = ResNet(graph)
-    with FlopCounterMode(display=False) as counter:
-        meta(torch.empty(1, *graph.input.shape, device="meta"))
-    traced = int(counter.get_total_flops()) // 2
-    return {"analytic_macs": analytic_macs, "traced_macs": traced, "passed": traced == analytic_macs}
+@contextmanager
+def counting_flops() -> Iterator[Any]:
+    """torch's ``FlopCounterMode``, without the 1.1 s import of ``torch._dynamo`` when nothing has imported it.
+
+    torch wraps every dispatch mode's ``__torch_dispatch__`` in ``torch._disable_dynamo``, which imports
+    ``torch._dynamo`` on its first call, to keep a running dynamo trace out of the mode, and caches the result as
+    the function's ``__dynamo_disable``. While ``torch._dynamo`` has never been imported no trace can be running,
+    so for the duration of the count that cache is set to the function itself (what the wrapper would call
+    anyway) and removed afterwards. Where torch's layout differs, the mode runs exactly as torch ships it.
+    """
+    import sys
+
+    from torch.utils import flop_counter
+
+    raw = getattr(getattr(flop_counter, "_FlopCounterMode", None), "__dict__", {}).get("__torch_dispatch__")
+    raw = getattr(raw, "__wrapped__", None)
+    seed = raw is not None and "torch._dynamo" not in sys.modules and not hasattr(raw, "__dynamo_disable")
+    if seed:
+        setattr(raw, "__dynamo_disable", raw)
+    try:
+        with flop_counter.FlopCounterMode(display=False) as counter:
+            yield counter
+    finally:
+        if seed:
+            delattr(raw, "__dynamo_disable")
 
 
 def localise(graph: Graph, reference: Callable[[list[str], np.ndarray], dict[str, np.ndarray]],
@@ -167,9 +185,9 @@ def default_batches(bmin: int, bmax: int) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
-def new_report(graph: Graph, precision: str, analytic_macs: int) -> Report:
-    """An empty report for ``precision``, holding the FLOP cross-check."""
-    return Report(precision, TOLERANCES[precision], flops=flop_check(graph, analytic_macs))
+def new_report(precision: str, analytic_macs: int, reference: Reference) -> Report:
+    """An empty report for ``precision``, holding the FLOP cross-check against ``reference``'s counted pass."""
+    return Report(precision, TOLERANCES[precision], flops=flop_check(analytic_macs, reference.traced_macs()))
 
 
 class Reference:
@@ -184,13 +202,23 @@ class Reference:
     def __init__(self, build: Callable[[], Any], module: Any = None) -> None:
         self._build, self._module = build, module
         self._probed: dict[int, np.ndarray] = {}  # seed -> the module's CPU logits at batch 1
+        self._traced: int | None = None  # MACs of that pass, as torch's flop counter counts them
 
     def probe(self, seed: int = 0, source: str | None = None) -> None:
-        """One forward pass of the module on the batch-1 verification input: a module whose own logits overflow
-        is refused here, before any artefact is written (InputError, naming ``source``). The logits are kept for
-        the verification on the CPU, which needs them again."""
+        """One forward pass of the module on the batch-1 verification input, its MACs counted by torch's flop
+        counter: a module whose own logits overflow is refused here, before any artefact is written (InputError,
+        naming ``source``). The logits are kept for the verification on the CPU, which needs them again."""
         model = self.module
-        self._probed[seed] = _reference(model, inputs(model.graph.input.shape, 1, seed), "cpu", source)
+        with counting_flops() as counter:
+            self._probed[seed] = _reference(model, inputs(model.graph.input.shape, 1, seed), "cpu", source)
+        self._traced = int(counter.get_total_flops()) // 2
+
+    def traced_macs(self) -> int:
+        """The MACs torch's flop counter counted in the module's forward pass at batch 1 (probed if not yet)."""
+        if self._traced is None:
+            self.probe()
+        assert self._traced is not None
+        return self._traced
 
     def outputs(self, x: np.ndarray, seed: int, device: str) -> np.ndarray:
         """The module's logits for ``x`` (the verification input of its batch size and ``seed``) on ``device``."""
@@ -271,9 +299,9 @@ def verify_artefact(directory: str | Path, *, weights: Path | None = None, batch
         raise OptionError(f"{{verify_batches}} {','.join(map(str, outside))}: outside {d}'s batch range "
                           f"{m.batch.min}..{m.batch.max} (its manifest's batch); verify at sizes within it")
     reference = Reference(lambda: rebuild_module(graph, m, d, weights))
-    reference.module  # noqa: B018  # built now: weights that cannot be reproduced are refused before anything runs
+    reference.probe(seed)  # built and run now: weights that cannot be reproduced are refused before anything runs
     recorded = tuple(dict.fromkeys(c["batch"] for c in (m.verification or {}).get("checks", [])))
-    report = new_report(graph, m.precision, m.counts.macs)
+    report = new_report(m.precision, m.counts.macs, reference)
     targets = chain(m.target)
     if providers is not None and all(t.NAME != "onnx" for t in targets):
         refuse_providers(m.target, providers)

@@ -159,3 +159,39 @@ def test_counts_at_another_input_size(name: str, size: tuple[int, int], tmp_path
 def test_a_bad_size_names_the_flag(bad: str, cli: Any) -> None:
     r = cli("flops", str(SPECS / "resnet50.yaml"), "--size", bad)
     assert r.returncode == 2 and f"--size {bad!r}: give the input's height and width as HxW" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["cifar/resnet20", "timm/ecaresnet50d", "preact/resnet164", "resnet34-a"])
+def test_counted_probe_equals_flop_counter_on_meta(name: str) -> None:
+    """The compile's FLOP cross-check counts the real batch-1 pass (verify.counting_flops): the same total as
+    torch's FlopCounterMode run as shipped on the meta device, and nothing of its dynamo shortcut left behind."""
+    from torch.utils import flop_counter
+
+    from resdsl.verify import Reference
+
+    spec = load(SPECS / f"{name}.yaml")
+    meta = build(spec, device="meta").eval()
+    with FlopCounterMode(display=False) as counter:
+        meta(torch.empty(1, spec.in_channels, *spec.in_size, device="meta"))
+    raw = flop_counter._FlopCounterMode.__dict__["__torch_dispatch__"]
+    raw = getattr(raw, "__wrapped__", raw)
+    before = hasattr(raw, "__dynamo_disable")
+    reference = Reference(lambda: build(spec, seed=0).eval())
+    assert 2 * reference.traced_macs() == counter.get_total_flops() > 0
+    assert hasattr(raw, "__dynamo_disable") == before
+
+
+def test_compile_does_not_import_dynamo(tmp_path: Path) -> None:
+    """An ONNX compile with the IR exporter never needs torch._dynamo (1.1 s of import): the FLOP cross-check
+    counts without it. Run in a fresh process, since the test process may have imported it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from resdsl.pipeline import CompileOptions, compile_spec; "
+            f"compile_spec({str(SPECS / 'cifar' / 'resnet20.yaml')!r}, CompileOptions(target='onnx', out="
+            f"__import__('pathlib').Path({str(tmp_path / 'a')!r}))); "
+            "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo'))[:3])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "a" / "manifest.json").is_file()
