@@ -42,7 +42,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     """Per-stage (or per-layer) counts and the comparison with ``expect``."""
     from .expand import expand
     from .flops import count
-    from .report import check_expect, flops_table
+    from .report import check_expect, flops_table, output_entries, output_lines
 
     spec = _load(args.spec)
     own = spec.in_size
@@ -52,7 +52,8 @@ def cmd_flops(args: argparse.Namespace) -> int:
         from .options import parse_size
 
         spec = replace(spec, in_size=parse_size(args.size))
-    report = count(expand(spec))
+    graph = expand(spec)
+    report = count(graph)
     results = check_expect(spec, report)
     unchecked = []
     if spec.in_size != own:  # the spec's FLOP figure is for its own input size; its parameters hold at any
@@ -60,11 +61,14 @@ def cmd_flops(args: argparse.Namespace) -> int:
                      f"{own[0]}x{own[1]}" for r in results if r.key == "gflops"]
         results = [r for r in results if r.key != "gflops"]
     if args.json:
-        doc = {"input": [spec.in_channels, *spec.in_size], **report.to_dict(args.unit, args.per_layer)}
+        doc = {"input": [spec.in_channels, *spec.in_size], **report.to_dict(args.unit, args.per_layer),
+               "outputs": output_entries(graph)}
         doc["expect"] = [r.__dict__ for r in results]
         print(json.dumps(doc, indent=1))
     else:
         print(flops_table(spec, report, args.unit))
+        for line in output_lines(spec, graph):
+            print(line)
         if args.per_layer:
             mult = 2 if args.unit == "flops" else 1
             print(f"\n{'layer':<28} {'Table 1':<26} {'op':<10} {'output':<14} {'MMACs' if mult == 1 else 'MFLOPs':>10}"

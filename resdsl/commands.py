@@ -58,7 +58,8 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
     """The typed options of ``resdsl compile``; a target's option group only when one of its flags was given."""
     given = {k: getattr(args, k) for k in _TRT if getattr(args, k) is not None and getattr(args, k) is not False}
     return CompileOptions(target=args.target, out=args.output, weights=args.weights, precision=args.precision,
-                          io=args.io, batch=args.batch, opset=args.opset, exporter=args.exporter, force=args.force,
+                          io=args.io, batch=args.batch, size=args.size, opset=args.opset, exporter=args.exporter,
+                          force=args.force,
                           seed=args.seed,
                           verify_batches=batch_list(args.verify_batch), limits=limits(args),
                           trt=TrtOptions(**given) if given else None,
@@ -84,11 +85,16 @@ def verified(m: Any) -> str:
     v = m.verification or {}
     checks = v.get("checks", [])
     batches = ", ".join(str(b) for b in dict.fromkeys(c["batch"] for c in checks))
+    sizes = list(dict.fromkeys(tuple(c["size"]) for c in checks if c.get("size")))
+    outputs = list(dict.fromkeys(c.get("output", "logits") for c in checks))
+    where = f"batch {batches}" + (f" and sizes {', '.join(f'{h}x{w}' for h, w in sizes)}" if sizes else "")
+    what = f"every output ({', '.join(outputs)})" if len(outputs) > 1 else "the module"
     if m.precision == "int8":
-        said = f"right shapes and finite logits on random inputs at batch {batches}"
+        said = f"right shapes and finite logits on random inputs at {where}"
     else:
         worst = max((c["rel"] for c in checks), default=0.0)
-        said = f"equals the module on random inputs at batch {batches} (max rel err {worst:.1e})"
+        said = (f"equals the module on random inputs at {where} (max rel err {worst:.1e})" if len(outputs) == 1 else
+                f"{what} equals the module's on random inputs at {where} (max rel err {worst:.1e})")
     acc = v.get("accuracy")
     if acc:
         said += (f"; top-1 on {acc['images']} labelled {acc.get('split', 'test')} images "
@@ -229,6 +235,9 @@ def _add_compile(sub: Any) -> None:
                    "--precision fp16)")
     c.add_argument("--batch", default="1:1:32", metavar="MIN:OPT:MAX|N",
                    help="batch range (a dynamic axis when MIN < MAX); default 1:1:32")
+    c.add_argument("--size", metavar="HxW|MIN:OPT:MAX", help="input height and width: one size (800x1216, or N for a "
+                   "square) or a range MINHxMINW:OPTHxOPTW:MAXHxMAXW (symbolic height and width in ONNX; verified "
+                   "at min, opt, max and an odd size between); default the spec's input.size")
     c.add_argument("--opset", type=int, default=18, help="ONNX opset (17 or newer; default 18)")
     c.add_argument("--exporter", choices=("ir", "torch"), default="ir", help="how model.onnx is written: ir "
                    "(from resdsl's graph, in about the time of writing the weights; default) or torch (torch.onnx "

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .ir import Graph, Node
-from .spec import Spec
+from .ir import Graph, Node, Output
+from .spec import LOGITS, Spec
 
 #: block-local part -> (module path, Table 1 label), e.g. "conv1" -> ("layer2.0.conv1", "conv3_x.0.conv1")
 Namer = Callable[[str], tuple[str, str]]
@@ -32,12 +32,14 @@ class _Builder:
         return node
 
     def conv(self, name: str, label: str, x: Node, out_ch: int, kernel: int, stride: int, stage: str,
-             groups: int = 1, residual_end: bool = False) -> Node:
+             groups: int = 1, residual_end: bool = False, dilation: int = 1) -> Node:
         c, h, w = x.shape
-        pad = kernel // 2
-        oh, ow = (h + 2 * pad - kernel) // stride + 1, (w + 2 * pad - kernel) // stride + 1
+        pad = dilation * (kernel // 2)
+        span = dilation * (kernel - 1) + 1
+        oh, ow = (h + 2 * pad - span) // stride + 1, (w + 2 * pad - span) // stride + 1
         return self.add(name, label, "conv", (x.name,), (out_ch, oh, ow), stage, residual_end, in_channels=c,
-                        out_channels=out_ch, kernel=kernel, stride=stride, padding=pad, groups=groups)
+                        out_channels=out_ch, kernel=kernel, stride=stride, padding=pad, groups=groups,
+                        dilation=dilation)
 
     def bn(self, name: str, label: str, x: Node, stage: str, residual_end: bool = False) -> Node:
         return self.add(name, label, "bn", (x.name,), x.shape, stage, residual_end, channels=x.shape[0])
@@ -46,13 +48,14 @@ class _Builder:
         return self.add(name, label, "relu", (x.name,), x.shape, stage)
 
     def pool(self, name: str, label: str, kind: str, x: Node, stage: str, kernel: int, stride: int, padding: int,
-             ceil_mode: bool = False, count_include_pad: bool = True) -> Node:
+             ceil_mode: bool = False, count_include_pad: bool = True, pad_end: int = 0) -> Node:
         """Max or average pooling; output size as torch computes it (ceil mode drops a window that would start
-        in the right padding)."""
+        in the right padding). ``pad_end``: zero rows and columns appended first (average pooling only)."""
         c, h, w = x.shape
         attrs: dict[str, Any] = {"kernel": kernel, "stride": stride, "padding": padding}
         if kind == "avg":
-            attrs.update(ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+            attrs.update(ceil_mode=ceil_mode, count_include_pad=count_include_pad, pad_end=pad_end)
+        h, w = h + pad_end, w + pad_end
         shape = (c, _pooled(h, kernel, stride, padding, ceil_mode), _pooled(w, kernel, stride, padding, ceil_mode))
         return self.add(name, label, f"{kind}pool", (x.name,), shape, stage, **attrs)
 
@@ -66,7 +69,8 @@ def _pooled(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) 
 
 
 def expand(spec: Spec) -> Graph:
-    """Unroll ``spec`` into a validated Graph with torchvision's module names."""
+    """Unroll ``spec`` into a validated Graph with torchvision's module names. Stages past the last one the
+    spec's ``outputs`` return are not built, nor the head unless ``logits`` is returned."""
     b = _Builder()
     x = b.add("input", "input", "input", (), (spec.in_channels, *spec.in_size), "conv1")
     x = _stem(b, spec, x)
@@ -77,18 +81,33 @@ def expand(spec: Spec) -> Graph:
         # torchvision's name for the max pool; an average-pool stem must not collide with the head's avgpool
         name = "maxpool" if p.kind == "max" else "stem_avgpool"
         x = b.pool(name, f"{first}.pool", p.kind, x, first, p.kernel, p.stride, p.kernel // 2)
-    for si, stage in enumerate(spec.stages):
+    wanted = set(spec.outputs)
+    last = len(spec.stages) - 1 if spec.has_head else max(i for i, s in enumerate(spec.stages) if s.name in wanted)
+    found: dict[str, Output] = {}
+    for si, (stage, (stride, dilation, previous, net)) in enumerate(zip(spec.stages, spec.stage_plan(), strict=True)):
+        if si > last:
+            break
         for j in range(stage.blocks):
             b.block = f"layer{si + 1}.{j}"
             x = _block(b, spec, x, f"layer{si + 1}.{j}", f"{stage.name}.{j}", stage.name, stage.width,
-                       stage.stride if j == 0 else 1, first_in_stage=j == 0)
-    b.block = ""
-    if spec.preact:  # "Identity Mappings": a final BN-ReLU before the pool
-        x = b.bn("bn_final", "final.bn", x, spec.stages[-1].name)
-        x = b.relu("relu_final", "final.relu", x, spec.stages[-1].name)
-    x = b.add("avgpool", "avgpool", "gap", (x.name,), (x.shape[0],), "head")
-    b.add("fc", "fc", "fc", (x.name,), (spec.classes,), "head", in_features=x.shape[0], out_features=spec.classes)
-    graph = Graph(spec.name, tuple(b.nodes), ("conv1", *(s.name for s in spec.stages), "head"))
+                       stride if j == 0 else 1, first_in_stage=j == 0,
+                       dilations=(previous if j == 0 else dilation, dilation))
+        b.block = ""
+        if spec.preact and si == len(spec.stages) - 1:
+            # "Identity Mappings": a final BN-ReLU after the last unit, before the pool; the last stage's feature
+            # map is taken after it, as timm's ResNetV2 takes its last feature after its final norm
+            x = b.bn("bn_final", "final.bn", x, stage.name)
+            x = b.relu("relu_final", "final.relu", x, stage.name)
+        if stage.name in wanted:
+            found[stage.name] = Output(stage.name, x.name, net)
+    stages = ("conv1", *(s.name for s in spec.stages[:last + 1]))
+    if spec.has_head:
+        x = b.add("avgpool", "avgpool", "gap", (x.name,), (x.shape[0],), "head")
+        x = b.add("fc", "fc", "fc", (x.name,), (spec.classes,), "head", in_features=x.shape[0],
+                  out_features=spec.classes)
+        found[LOGITS] = Output(LOGITS, x.name, 0)
+        stages = (*stages, "head")
+    graph = Graph(spec.name, tuple(b.nodes), stages, tuple(found[o] for o in spec.outputs))
     graph.validate()
     return graph
 
@@ -114,8 +133,9 @@ def _stem(b: _Builder, spec: Spec, x: Node) -> Node:
 
 
 def _block(b: _Builder, spec: Spec, x: Node, name: str, label: str, stage: str, width: int, stride: int,
-           first_in_stage: bool) -> Node:
-    """One residual unit (or plain pair/triple when shortcut is 'none')."""
+           first_in_stage: bool, dilations: tuple[int, int] = (1, 1)) -> Node:
+    """One residual unit (or plain pair/triple when shortcut is 'none'). ``dilations``: the unit's first 3x3 conv's
+    and the others' (they differ in the first unit of a stage that starts dilating, as in torchvision and timm)."""
     in_ch = x.shape[0]
     out_ch = width * spec.expansion
     changes = stride != 1 or in_ch != out_ch
@@ -133,9 +153,9 @@ def _block(b: _Builder, spec: Spec, x: Node, name: str, label: str, stage: str, 
         h = b.relu(*n("relu1"), stage=stage, x=b.bn(*n("bn1"), stage=stage, x=x))
         if first_in_stage:
             shortcut_in = h
-        h = _preact_body(b, spec, h, n, stage, width, out_ch, stride)
+        h = _preact_body(b, spec, h, n, stage, width, out_ch, stride, dilations)
     else:
-        h = _postact_body(b, spec, x, n, stage, width, out_ch, stride)
+        h = _postact_body(b, spec, x, n, stage, width, out_ch, stride, dilations)
     if spec.attention:
         h = _attention(b, spec, h, n("se"), stage)
 
@@ -151,7 +171,7 @@ def _block(b: _Builder, spec: Spec, x: Node, name: str, label: str, stage: str, 
             # normalised by the next unit's BN.
             short = b.bn(*n("downsample.1"), stage=stage, x=short)
     elif spec.shortcut == "D" and changes:
-        short = _pooled_projection(b, spec, shortcut_in, n, stage, out_ch, stride)
+        short = _pooled_projection(b, spec, shortcut_in, n, stage, out_ch, stride, dilations[1])
     elif spec.shortcut == "A" and changes:
         # Option A: subsample (as a 1x1 stride-s conv would) and append zero
         # channels at the end, as fb.resnet.torch does (Concat of x and 0*x);
@@ -167,13 +187,19 @@ def _block(b: _Builder, spec: Spec, x: Node, name: str, label: str, stage: str, 
     return out if spec.preact else b.relu(*n("relu"), stage=stage, x=out)
 
 
-def _pooled_projection(b: _Builder, spec: Spec, x: Node, n: Namer, stage: str, out_ch: int, stride: int) -> Node:
+def _pooled_projection(b: _Builder, spec: Spec, x: Node, n: Namer, stage: str, out_ch: int, stride: int,
+                       dilation: int) -> Node:
     """Shortcut D ("Bag of Tricks" ResNet-D): a 2x2 average pool (ceil mode, padding not counted) carries the
     stride, then a stride-1 1x1 projection and its BN, under timm's ``downsample_avg`` names: the pool is
-    ``downsample.0`` (an identity, and no node, when the stride is 1), the conv ``.1``, the BN ``.2``."""
+    ``downsample.0`` (an identity, and no node, when the stride is 1), the conv ``.1``, the BN ``.2``. In a
+    dilated stage timm keeps a stride-1 2x2 pool over the input padded by one zero row and column at the end
+    (``AvgPool2dSame``), which the pool's ``pad_end`` reproduces."""
     if stride > 1:
         x = b.pool(*n("downsample.0"), kind="avg", x=x, stage=stage, kernel=2, stride=stride, padding=0,
                    ceil_mode=True, count_include_pad=False)
+    elif dilation > 1:
+        x = b.pool(*n("downsample.0"), kind="avg", x=x, stage=stage, kernel=2, stride=1, padding=0,
+                   ceil_mode=True, count_include_pad=True, pad_end=1)
     short = b.conv(*n("downsample.1"), x, out_ch, 1, 1, stage)
     return short if spec.preact else b.bn(*n("downsample.2"), stage=stage, x=short)
 
@@ -191,31 +217,35 @@ def _attention(b: _Builder, spec: Spec, x: Node, names: tuple[str, str], stage: 
 
 
 def _postact_body(b: _Builder, spec: Spec, x: Node, n: Namer, stage: str, width: int, out_ch: int,
-                  stride: int) -> Node:
+                  stride: int, dilations: tuple[int, int]) -> Node:
     """conv-BN-ReLU stacks of the 2015 paper, up to (not including) the addition."""
+    first, rest = dilations
     if not spec.bottleneck:
         h = b.relu(*n("relu1"), stage=stage, x=b.bn(*n("bn1"), stage=stage, x=b.conv(*n("conv1"), x, width, 3, stride,
-                                                                                       stage)))
-        return b.bn(*n("bn2"), stage=stage, residual_end=True, x=b.conv(*n("conv2"), h, out_ch, 3, 1, stage))
+                                                                                       stage, dilation=first)))
+        return b.bn(*n("bn2"), stage=stage, residual_end=True, x=b.conv(*n("conv2"), h, out_ch, 3, 1, stage,
+                                                                         dilation=rest))
     inner = spec.inner_width(width)
     s1, s3 = (stride, 1) if spec.downsample == "1x1" else (1, stride)
     h = b.relu(*n("relu1"), stage=stage, x=b.bn(*n("bn1"), stage=stage, x=b.conv(*n("conv1"), x, inner, 1, s1, stage)))
     h = b.relu(*n("relu2"), stage=stage, x=b.bn(*n("bn2"), stage=stage,
-                                                 x=b.conv(*n("conv2"), h, inner, 3, s3, stage, groups=spec.groups)))
+                                                 x=b.conv(*n("conv2"), h, inner, 3, s3, stage, groups=spec.groups,
+                                                          dilation=first)))
     return b.bn(*n("bn3"), stage=stage, residual_end=True, x=b.conv(*n("conv3"), h, out_ch, 1, 1, stage))
 
 
 def _preact_body(b: _Builder, spec: Spec, h: Node, n: Namer, stage: str, width: int, out_ch: int,
-                 stride: int) -> Node:
+                 stride: int, dilations: tuple[int, int]) -> Node:
     """BN-ReLU-conv stacks of "Identity Mappings", after the unit's first BN-ReLU."""
+    first, rest = dilations
     if not spec.bottleneck:
-        h = b.conv(*n("conv1"), h, width, 3, stride, stage)
+        h = b.conv(*n("conv1"), h, width, 3, stride, stage, dilation=first)
         h = b.relu(*n("relu2"), stage=stage, x=b.bn(*n("bn2"), stage=stage, x=h))
-        return b.conv(*n("conv2"), h, out_ch, 3, 1, stage, residual_end=True)
+        return b.conv(*n("conv2"), h, out_ch, 3, 1, stage, residual_end=True, dilation=rest)
     inner = spec.inner_width(width)
     s1, s3 = (stride, 1) if spec.downsample == "1x1" else (1, stride)
     h = b.conv(*n("conv1"), h, inner, 1, s1, stage)
     h = b.relu(*n("relu2"), stage=stage, x=b.bn(*n("bn2"), stage=stage, x=h))
-    h = b.conv(*n("conv2"), h, inner, 3, s3, stage, groups=spec.groups)
+    h = b.conv(*n("conv2"), h, inner, 3, s3, stage, groups=spec.groups, dilation=first)
     h = b.relu(*n("relu3"), stage=stage, x=b.bn(*n("bn3"), stage=stage, x=h))
     return b.conv(*n("conv3"), h, out_ch, 1, 1, stage, residual_end=True)

@@ -28,7 +28,7 @@ from .version import __version__
 SCHEMA = "resdsl.manifest/1"
 NAME = "manifest.json"
 #: Sections a target owns, keyed by the section's name in the file.
-SECTIONS = ("preprocessing", "export", "quantization", "trt", "aoti")
+SECTIONS = ("preprocessing", "size", "export", "quantization", "trt", "aoti")
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,14 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class Tensor:
-    """An input or output: name, shape (``"batch"`` for a symbolic batch axis) and dtype."""
+    """An input or output: name, shape (``"batch"`` for a symbolic batch axis, ``"height"``/``"width"`` and
+    ``"<output>_height"``/``"<output>_width"`` for sizes that vary), dtype, and an output feature map's stride
+    relative to the input (None for the input and the logits)."""
 
     name: str
     shape: list[int | str]
     dtype: str  # "float32" or "float16"
+    stride: int | None = None
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,53 @@ class BatchProfile:
 
 
 @dataclass(frozen=True)
+class SizeProfile:
+    """The input sizes (height, width) an artefact serves: ``min <= opt <= max`` side by side. A range
+    (``min != max``) gives the ONNX model symbolic height and width and TensorRT a profile over them."""
+
+    min: tuple[int, int]
+    opt: tuple[int, int]
+    max: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if not all(self.min[i] <= self.opt[i] <= self.max[i] for i in (0, 1)):
+            raise OptionError(f"{{size}} {self}: out of order; it needs MIN <= OPT <= MAX in height and in width, "
+                              "e.g. 320x320:800x1216:1344x1344")
+
+    @classmethod
+    def parse(cls, text: str) -> SizeProfile:
+        """``HxW`` (or ``N``, a square) for one size, or ``MINHxMINW:OPTHxOPTW:MAXHxMAXW`` for a range."""
+        parts = str(text).split(":")
+        if len(parts) not in (1, 3):
+            raise OptionError(f"{{size}} {text!r}: give one size HxW (e.g. 800x1216) or a range "
+                              "MINHxMINW:OPTHxOPTW:MAXHxMAXW (e.g. 320x320:800x1216:1344x1344)")
+        sizes = [parse_size(p) for p in parts]
+        return cls(*(sizes * 3 if len(sizes) == 1 else sizes))
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether height and width are symbolic (the range is not one size)."""
+        return self.min != self.max
+
+    def odd(self) -> tuple[int, int]:
+        """An odd size inside the range, away from its ends where it can be (ceil-mode pooling and padding bite
+        there): the middle of each side, made odd within it."""
+        def side(i: int) -> int:
+            lo, hi = self.min[i], self.max[i]
+            mid = (lo + hi) // 2
+            return mid if mid % 2 else mid + 1 if mid + 1 <= hi else mid - 1 if mid - 1 >= lo else mid
+        return side(0), side(1)
+
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        """What verification runs at: min, opt, max, and the odd size, each once."""
+        return tuple(dict.fromkeys((self.min, self.opt, self.max, self.odd())))
+
+    def __str__(self) -> str:
+        text = [f"{h}x{w}" for h, w in (self.min, self.opt, self.max)]
+        return text[0] if not self.dynamic and self.min == self.opt else ":".join(text)
+
+
+@dataclass(frozen=True)
 class Limits:
     """Size limits checked on the analytic counts, before any tensor is allocated (see :mod:`resdsl.limits`)."""
 
@@ -148,6 +195,7 @@ class CompileOptions:
     precision: str = "fp32"                # computation inside the artefact
     io: str = "fp32"                       # dtype of the input and the logits
     batch: BatchProfile = field(default_factory=lambda: BatchProfile(1, 1, 32))
+    size: SizeProfile | None = None        # input height and width (one, or a range); None: the spec's input.size
     opset: int = 18
     exporter: str = "ir"                   # ONNX writer: "ir" (from resdsl's graph) or "torch" (torch.onnx)
     force: bool = False                    # replace an existing output directory
@@ -174,6 +222,8 @@ class CompileOptions:
     def __post_init__(self) -> None:
         if isinstance(self.batch, (str, int)) and not isinstance(self.batch, bool):
             object.__setattr__(self, "batch", BatchProfile.parse(str(self.batch)))
+        if isinstance(self.size, (str, int)) and not isinstance(self.size, bool):
+            object.__setattr__(self, "size", SizeProfile.parse(str(self.size)))
         for name in ("out", "weights", "eval_data", "calibration"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):

@@ -41,7 +41,8 @@ def compile_spec(spec_path: str | Path, opts: CompileOptions, progress: Progress
     if opts.precision not in targets[-1].PRECISIONS:
         raise OptionError(f"{{precision}} {opts.precision}: the {opts.target} target writes "
                           f"{' or '.join(targets[-1].PRECISIONS)} only")
-    spec = load(spec_path)
+    spec = _sized(load(spec_path), opts, str(spec_path))
+    _refuse_for_outputs(spec, opts, targets)
     graph = expand(spec)
     counts = count(graph)
     check(counts, str(spec_path), opts.limits)
@@ -54,6 +55,8 @@ def compile_spec(spec_path: str | Path, opts: CompileOptions, progress: Progress
     datasets = _read_data(spec, opts, progress)  # bad data is refused before the module and the export
     with progress.step("building the PyTorch module"):
         model, weights, trained = _reference(graph, spec, opts, str(spec_path))
+    if weights.get("dropped"):
+        progress.note(f"  weights: {weights['note']}")
     if datasets:
         from .data import Labelled, preprocessing
 
@@ -63,7 +66,7 @@ def compile_spec(spec_path: str | Path, opts: CompileOptions, progress: Progress
     reference = Reference(lambda: _reference(graph, spec, opts, str(spec_path))[0], model)
     reference.probe(opts.seed, str(spec_path))  # a module whose own logits overflow: refused before any export
     del model  # held by ``reference`` alone, so that verifying the last target can free it
-    manifest = _manifest(spec, str(spec_path), opts, counts, weights)
+    manifest = _manifest(spec, graph, str(spec_path), opts, counts, weights)
     prep = _preprocessing(spec, trained)
     if prep is not None:
         manifest = manifest.with_(sections={**manifest.sections, "preprocessing": prep})
@@ -172,20 +175,62 @@ def _preprocessing(spec: Spec, trained: Trained | None) -> dict[str, Any] | None
     return None
 
 
-def _manifest(spec: Spec, source: str, opts: CompileOptions, counts: FlopReport, weights: dict[str, Any]
-              ) -> mf.Manifest:
-    """The manifest before any file is written: what every target shares."""
+def _sized(spec: Spec, opts: CompileOptions, source: str) -> Spec:
+    """The spec at ``--size``'s size (its opt size for a range), or as it is: the artefact's resolved spec
+    records the size it was compiled at."""
+    if opts.size is None or (not opts.size.dynamic and opts.size.opt == spec.in_size):
+        return spec
+    from .spec import from_resolved
+
+    doc = dict(spec.resolved)
+    doc["input"] = {**(doc.get("input") or {}), "size": list(opts.size.opt)}
+    return from_resolved(doc, source)
+
+
+def _refuse_for_outputs(spec: Spec, opts: CompileOptions, targets: Any) -> None:
+    """What needs logits (the accuracy check, int8's calibration and budget), and the targets that do not yet
+    carry several outputs or a size range, are refused before any work."""
+    if not spec.has_head:
+        for given, what in ((opts.eval_data, "--eval-data (top-1 on labelled images)"),
+                            (opts.precision == "int8" or None, "--precision int8 (calibrated and judged by top-1)")):
+            if given:
+                raise OptionError(f"{what}: {spec.source} returns {', '.join(spec.outputs)}, not logits, so there is "
+                                  "no top-1 to check; add logits to its outputs, or compile at fp32 or fp16")
+    several = len(spec.outputs) > 1
+    ranged = opts.size is not None and opts.size.dynamic
+    for t in targets:
+        if t.NAME == "aoti" and (several or ranged):
+            what = "several outputs" if several else "a size range"
+            raise OptionError(f"{{target}} {opts.target}: {spec.source} asks for {what}, which the {t.NAME} target "
+                              "does not carry yet; compile it with --target onnx (or trt)")
+
+
+def _manifest(spec: Spec, graph: Any, source: str, opts: CompileOptions, counts: FlopReport,
+              weights: dict[str, Any]) -> mf.Manifest:
+    """The manifest before any file is written: what every target shares. With a size range, height and width
+    are symbols (``height``, ``width``; ``<output>_height``, ... for feature maps) and ``size`` records it."""
     b: BatchProfile = opts.batch
     axis: int | str = "batch" if b.dynamic else b.min
     io = "float16" if opts.io == "fp16" else "float32"
+    ranged = opts.size is not None and opts.size.dynamic
+    outputs = []
+    for o in graph.outputs:
+        shape: list[int | str] = list(graph.node(o.node).shape)
+        if ranged and len(shape) == 3:
+            shape = [shape[0], f"{o.name}_height", f"{o.name}_width"]
+        outputs.append(mf.Tensor(o.name, [axis, *shape], io, o.stride or None))
+    size = [spec.in_channels, *(("height", "width") if ranged else spec.in_size)]
+    sections: dict[str, Any] = {}
+    if opts.size is not None:
+        sections["size"] = {"min": list(opts.size.min), "opt": list(opts.size.opt), "max": list(opts.size.max),
+                            "dynamic": opts.size.dynamic}
     return mf.Manifest(
         name=spec.name, target=opts.target, created=mf.now(),
         spec={"source": source, "sha256": spec.digest(), "resolved": spec.resolved}, weights=weights, files={},
-        inputs=[mf.Tensor("input", [axis, spec.in_channels, *spec.in_size], io)],
-        outputs=[mf.Tensor("logits", [axis, spec.classes], io)],
+        inputs=[mf.Tensor("input", [axis, *size], io)], outputs=outputs,
         batch=mf.Batch(b.min, b.opt, b.max, b.dynamic), precision=opts.precision,
         counts=mf.Counts(counts.macs, round(counts.macs / 1e9, 4), counts.params, counts.depth),
-        versions=mf.versions())
+        versions=mf.versions(), sections=sections)
 
 
 def _add(manifest: mf.Manifest, stage: Path, written: Written) -> mf.Manifest:

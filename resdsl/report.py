@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .flops import FlopReport
+from .ir import Graph
 from .spec import Spec
 
 
@@ -77,6 +79,29 @@ def flops_table(spec: Spec, report: FlopReport, unit: str = "macs") -> str:
         lines.append(f"{st.name:<10} {size:<9} {desc:<30} {blocks:>6} {st.macs * mult / 1e9:>9.4f} {st.params:>13,}")
     lines.append(f"{'total':<10} {'':<9} {'':<30} {'':>6} {report.macs * mult / 1e9:>9.4f} {report.params:>13,}")
     return "\n".join(lines)
+
+
+def output_entries(graph: Graph) -> list[dict[str, Any]]:
+    """Each output the net returns: name, shape (batch excluded), channels and stride (None for logits)."""
+    out = []
+    for o in graph.outputs:
+        shape = graph.node(o.node).shape
+        out.append({"name": o.name, "shape": list(shape), "channels": shape[0], "stride": o.stride or None})
+    return out
+
+
+def output_lines(spec: Spec, graph: Graph) -> list[str]:
+    """``outputs:`` lines of ``resdsl flops``: what the net returns, and the stages that dilate instead of
+    striding under ``output_stride``."""
+    lines = []
+    for e in output_entries(graph):
+        where = f", stride {e['stride']}" if e["stride"] else ""
+        lines.append(f"output {e['name']}: {'x'.join(map(str, e['shape']))} ({e['channels']} channels{where})")
+    dilated = [f"{s.name} dilation {d}" for s, (_, d, _, _) in zip(spec.stages, spec.stage_plan(), strict=True)
+               if d > 1 and s.name in graph.stages]
+    if dilated:
+        lines.append(f"output stride {spec.output_stride}: {', '.join(dilated)} (strides become dilations)")
+    return lines
 
 
 def summary_row(spec: Spec, report: FlopReport, unit: str = "macs") -> str:

@@ -19,7 +19,9 @@ from .errors import InputError
 
 
 class Artefact:
-    """A loaded artefact: ``art(x)`` takes a (N, C, H, W) numpy array or torch tensor, returns float32 logits."""
+    """A loaded artefact: ``art(x)`` takes a (N, C, H, W) numpy array or torch tensor and returns float32 logits,
+    or, for a net with several outputs (a backbone's feature maps), a dict of float32 arrays by output name in
+    the spec's order. ``outputs`` lists the names."""
 
     def __init__(self, directory: Path, manifest: mf.Manifest, runner: Runner) -> None:
         self.directory = directory
@@ -28,25 +30,37 @@ class Artefact:
         self.backend = runner.backend  # what runs it: "onnxruntime-cpu", "tensorrt", "aoti", "torch"
         self.runner = runner
         self._in_dtype = np.float16 if manifest.input.dtype == "float16" else np.float32
+        self.outputs = [t.name for t in manifest.outputs]
+        size = manifest.sections.get("size")
+        self._sizes = (tuple(size["min"]), tuple(size["max"])) if size else None
 
     @property
     def session(self) -> Any:
         """ONNX Runtime's session of an onnx artefact (None for other targets)."""
         return getattr(self.runner, "session", None)
 
-    def __call__(self, x: Any) -> np.ndarray:
+    def __call__(self, x: Any) -> Any:
         if hasattr(x, "detach"):
             x = x.detach().cpu().numpy()
         x = np.asarray(x)
         want = self.manifest.input.shape
-        if x.ndim != 4 or list(x.shape[1:]) != list(want[1:]):
+        fits = x.ndim == 4 and all(not isinstance(d, int) or d == s for d, s in zip(want[1:], x.shape[1:], strict=True))
+        if not fits:
             raise InputError(f"input of shape {list(x.shape)} does not fit {self.directory}: it takes "
                              f"{want} (batch first)")
+        if self._sizes is not None:
+            (h0, w0), (h1, w1) = self._sizes
+            if not (h0 <= x.shape[2] <= h1 and w0 <= x.shape[3] <= w1):
+                raise InputError(f"input size {x.shape[2]}x{x.shape[3]} is outside {self.directory}'s range "
+                                 f"{h0}x{w0} to {h1}x{w1}; compile with a wider --size MIN:OPT:MAX")
         b = self.manifest.batch
         if not b.min <= x.shape[0] <= b.max:
             raise InputError(f"batch {x.shape[0]} is outside {self.directory}'s range {b.min}..{b.max}; "
                              "compile with a wider --batch MIN:OPT:MAX")
-        return np.asarray(self.runner(np.ascontiguousarray(x, dtype=self._in_dtype)), dtype=np.float32)
+        out = self.runner(np.ascontiguousarray(x, dtype=self._in_dtype))
+        if isinstance(out, dict):
+            return {name: np.asarray(out[name], dtype=np.float32) for name in self.outputs}
+        return np.asarray(out, dtype=np.float32)
 
 
 def load(directory: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None) -> Artefact:

@@ -16,6 +16,7 @@ from .errors import Problem, SpecError
 from .spec_types import (
     ATTENTIONS,
     BLOCKS,
+    LOGITS,
     SHORTCUTS,
     Attention,
     ConvCfg,
@@ -30,8 +31,8 @@ from .spec_types import (
 from .validate import validate
 from .yamlio import KeyPath, Loc, Located, display_name, read_yaml
 
-__all__ = ["ATTENTIONS", "BLOCKS", "SHORTCUTS", "Attention", "ConvCfg", "Expect", "Normalize", "PoolCfg", "Spec",
-           "Stage", "Stem", "Train", "from_resolved", "load", "loads", "spec_tree"]
+__all__ = ["ATTENTIONS", "BLOCKS", "LOGITS", "SHORTCUTS", "Attention", "ConvCfg", "Expect", "Normalize", "PoolCfg",
+           "Spec", "Stage", "Stem", "Train", "from_resolved", "load", "loads", "spec_tree"]
 
 MAX_EXTENDS_DEPTH = 16
 

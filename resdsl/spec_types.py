@@ -16,6 +16,8 @@ from typing import Any
 BLOCKS = ("basic", "bottleneck", "preact_basic", "preact_bottleneck")
 SHORTCUTS = ("A", "B", "C", "D", "none")
 ATTENTIONS = ("se", "eca")
+#: The name of the head's output among a spec's ``outputs``.
+LOGITS = "logits"
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ class Spec:
     train: Train | None
     attention: Attention | None = None
     normalize: Normalize | None = None  # None: centre on the training images' per-pixel mean (``resdsl train``)
+    outputs: tuple[str, ...] = (LOGITS,)  # what the net returns, in order: stage names and/or "logits"
+    output_stride: int | None = None  # None: the net's own stride; else the later stages' strides become dilations
     source: str = field(default="<memory>", compare=False)
     resolved: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -160,6 +164,34 @@ class Spec:
         """A bottleneck's inner width for a stage of ``width``: torchvision's rule, which covers ResNeXt
         (``groups`` x ``width_per_group``) and the wide nets (``width_per_group`` 128)."""
         return (width * self.width_per_group // 64) * self.groups
+
+    @property
+    def has_head(self) -> bool:
+        """True when the net returns logits, so the pool and the fc are built."""
+        return LOGITS in self.outputs
+
+    def stem_stride(self) -> int:
+        """The stride of the stem's conv(s) and pool together: the stride at which conv2_x starts."""
+        return self.stem.conv.stride * (self.stem.pool.stride if self.stem.pool else 1)
+
+    def stage_plan(self) -> tuple[tuple[int, int, int, int], ...]:
+        """Per stage: (stride, dilation, previous dilation, output stride). Under ``output_stride``, a stage that
+        would stride the feature map beyond it runs at stride 1 and multiplies the dilation by its stride instead,
+        as torchvision's ``replace_stride_with_dilation`` and timm's ``output_stride`` do; the first unit of a
+        dilated stage keeps the previous dilation in its first 3x3 conv (both libraries' rule)."""
+        net = self.stem_stride()
+        dilation = 1
+        out = []
+        for s in self.stages:
+            previous = dilation
+            stride = s.stride
+            if self.output_stride is not None and net >= self.output_stride and stride > 1:
+                dilation *= stride
+                stride = 1
+            else:
+                net *= stride
+            out.append((stride, dilation, previous, net))
+        return tuple(out)
 
     def digest(self) -> str:
         """sha256 of the resolved spec in canonical JSON: equal specs, equal hashes."""

@@ -88,8 +88,8 @@ def model_config(manifest: Manifest, options: TritonOptions, source: str | Path 
     batch, batcher = _batching(manifest, options, where)
     fields_: dict[str, Value] = {
         "name": manifest.name, "platform": platform, "max_batch_size": batch,
-        "input": [_tensor(t, batch > 0, where, "inputs") for t in manifest.inputs],
-        "output": [_tensor(t, batch > 0, where, "outputs") for t in manifest.outputs],
+        "input": [_tensor(t, batch > 0, where, "inputs", _ranged(manifest)) for t in manifest.inputs],
+        "output": [_tensor(t, batch > 0, where, "outputs", _ranged(manifest)) for t in manifest.outputs],
     }
     if batcher is not None:
         fields_["dynamic_batching"] = batcher
@@ -143,11 +143,20 @@ def _batching(manifest: Manifest, options: TritonOptions, where: str) -> tuple[i
     return b.max, {"preferred_batch_size": preferred, "max_queue_delay_microseconds": options.max_queue_delay_us}
 
 
-def _tensor(t: Tensor, batched: bool, where: str, key: str) -> dict[str, Value]:
-    """One ``input``/``output`` entry: dims without the batch axis when Triton batches, the full shape when not."""
+def _ranged(manifest: Manifest) -> bool:
+    """Whether the artefact serves a range of input sizes (its height and width, and its feature maps', are
+    symbols in the manifest's shapes)."""
+    return bool(manifest.sections.get("size", {}).get("dynamic"))
+
+
+def _tensor(t: Tensor, batched: bool, where: str, key: str, ranged: bool = False) -> dict[str, Value]:
+    """One ``input``/``output`` entry: dims without the batch axis when Triton batches, the full shape when not;
+    a height or width that varies (``ranged``) is Triton's -1."""
     dims = t.shape[1:] if batched else t.shape
     fits = len(t.shape) >= 2 and isinstance(t.shape[0], str) == batched
-    sizes: list[Value] = [d for d in dims if isinstance(d, int) and not isinstance(d, bool) and d >= 1]
+    sizes: list[Value] = [d if isinstance(d, int) else -1 for d in dims
+                          if (isinstance(d, int) and not isinstance(d, bool) and d >= 1)
+                          or (ranged and isinstance(d, str) and d.endswith(("height", "width")))]
     if not fits or len(sizes) != len(dims):
         raise InputError(f"{where}: {key} {t.name!r} has shape {t.shape}, which does not fit batch.dynamic "
                          f"({str(batched).lower()}); the manifest was edited or damaged: compile the artefact again")

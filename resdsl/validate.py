@@ -17,6 +17,7 @@ from .options import MAX_SIDE
 from .spec_types import (
     ATTENTIONS,
     BLOCKS,
+    LOGITS,
     SHORTCUTS,
     Attention,
     ConvCfg,
@@ -31,7 +32,8 @@ from .spec_types import (
 from .yamlio import KeyPath, Loc, Located, format_path
 
 TOP_KEYS = ("resdsl", "name", "extends", "input", "block", "shortcut", "downsample", "expansion", "groups",
-            "width_per_group", "zero_init_residual", "stem", "attention", "stages", "head", "expect", "train")
+            "width_per_group", "zero_init_residual", "stem", "attention", "stages", "head", "outputs", "output_stride",
+            "expect", "train")
 #: The most convs a deep stem may chain (timm's deep stems have 3).
 MAX_STEM_CONVS = 8
 _MISSING = object()
@@ -154,18 +156,21 @@ def validate(doc: Located) -> Spec:
     classes = c.get(head, "classes", ("head",), int, default=1000, lo=1, hi=1_000_000)
     expect = _expect(c, top)
     train = _train(c, top)
+    outputs = _outputs(c, top, stages)
+    output_stride = c.get(top, "output_stride", (), int, default=None, lo=1)
 
     if not c.problems:
         assert block and shortcut and in_size and stem and stages is not None  # for the type checker
         _cross_checks(c, block, shortcut, expansion, groups, wpg, stem, stages)
+        _output_stride(c, output_stride, stem, stages)
     if c.problems:
         raise SpecError(c.problems)
     assert in_size is not None and stem is not None and stages is not None  # every getter succeeded
     return Spec(name=name, block=block, shortcut=shortcut, downsample=downsample if bottleneck else "1x1",
                 expansion=expansion, groups=groups, width_per_group=wpg, zero_init_residual=zero_init,
                 in_channels=in_ch, in_size=in_size, stem=stem, stages=tuple(stages), classes=classes,
-                expect=expect, train=train, attention=attention, normalize=normalize, source=doc.file,
-                resolved=doc.value)
+                expect=expect, train=train, attention=attention, normalize=normalize, outputs=outputs,
+                output_stride=output_stride, source=doc.file, resolved=doc.value)
 
 
 def _size(c: Checker, v: Any) -> tuple[int, int] | None:
@@ -287,6 +292,46 @@ def _stages(c: Checker, top: dict[str, Any]) -> list[Stage] | None:
         if n in names[:i]:
             c.error(("stages", i, "name"), f"stage name '{n}' is used twice; names label reports")
     return out
+
+
+def _outputs(c: Checker, top: dict[str, Any], stages: list[Stage] | None) -> tuple[str, ...]:
+    """``outputs``: what the net returns, in order: stage names and ``logits`` (the default, alone)."""
+    raw = c.get(top, "outputs", (), list, default=[LOGITS])
+    if raw is None:
+        return (LOGITS,)
+    if not raw:
+        c.error(("outputs",), f"needs at least one output: a stage name or '{LOGITS}'")
+        return (LOGITS,)
+    allowed = [s.name for s in stages or []] + [LOGITS]
+    out: list[str] = []
+    for i, v in enumerate(raw):
+        if not isinstance(v, str):
+            c.error(("outputs", i), f"expected a stage name or '{LOGITS}', got {_show(v)}")
+        elif v in out:
+            c.error(("outputs", i), f"'{v}' is listed twice; each output is returned once")
+        elif stages is not None and v not in allowed:
+            close = difflib.get_close_matches(v, allowed, n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            c.error(("outputs", i), f"'{v}' is not a stage of this spec{hint}; one of {', '.join(allowed)}")
+        else:
+            out.append(v)
+    return tuple(out) or (LOGITS,)
+
+
+def _output_stride(c: Checker, value: int | None, stem: Stem, stages: list[Stage]) -> None:
+    """``output_stride``: one of the strides the net reaches after its stem or a stage, at most its own."""
+    if value is None:
+        return
+    net = stem.conv.stride * (stem.pool.stride if stem.pool else 1)
+    reached = [net]
+    for s in stages:
+        net *= s.stride
+        reached.append(net)
+    if value not in reached:
+        choices = ", ".join(map(str, sorted(set(reached))))
+        c.error(("output_stride",), f"{value} is not a stride this net reaches after its stem or a stage ({choices}); "
+                f"the stages' strides ({', '.join(str(s.stride) for s in stages)}) after the stem's {reached[0]} "
+                "set which output strides dilation can keep")
 
 
 def _expect(c: Checker, top: dict[str, Any]) -> Expect:

@@ -63,6 +63,8 @@ class Check:
     top1_agree: float
     decisive: int  # samples whose top-1 margin exceeds the error, i.e. where top-1 must agree
     passed: bool
+    output: str = "logits"  # which of the net's outputs
+    size: tuple[int, int] | None = None  # the input's height and width
 
 
 @dataclass
@@ -81,7 +83,8 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "precision": self.precision, "tolerance": self.tolerance.to_dict(),
-                "flops": self.flops, "checks": [asdict(c) for c in self.checks], "divergence": self.divergence}
+                "flops": self.flops, "checks": [{**asdict(c), "size": list(c.size) if c.size else None}
+                                                for c in self.checks], "divergence": self.divergence}
 
     def lines(self) -> list[str]:
         out = []
@@ -89,16 +92,19 @@ class Report:
         if f:
             out.append(f"flops: analytic {f['analytic_macs']:,} MACs, traced {f['traced_macs']:,}: "
                        f"{'ok' if f['passed'] else 'MISMATCH'}")
+        several = len({c.output for c in self.checks}) > 1
         for c in self.checks:
             verdict = "ok" if c.passed else "FAILED"
+            where = f"{c.backend} batch {c.batch}" + (f" at {c.size[0]}x{c.size[1]}" if c.size else "") + \
+                (f", {c.output}" if several or c.output != "logits" else "")
             if self.tolerance.rel is None:  # int8: random inputs lie outside the calibrated ranges
-                out.append(f"{c.backend} batch {c.batch}: right shape and finite logits on random inputs: {verdict} "
+                out.append(f"{where}: right shape and finite logits on random inputs: {verdict} "
                            "(int8 values are judged by top-1 on labelled images, not here)")
                 continue
-            agree = (f"top-1 agrees on all {c.decisive} inputs with a clear winner" if c.top1_agree == 1.0 else
-                     f"top-1 agrees on {c.top1_agree:.0%} of {c.decisive} inputs with a clear winner")
-            out.append(f"{c.backend} batch {c.batch}: rel err {c.rel:.2e} (tol {self.tolerance.rel:.0e}), "
-                       f"{agree}: {verdict}")
+            agree = ("" if c.output != "logits" else
+                     f", top-1 agrees on all {c.decisive} inputs with a clear winner" if c.top1_agree == 1.0 else
+                     f", top-1 agrees on {c.top1_agree:.0%} of {c.decisive} inputs with a clear winner")
+            out.append(f"{where}: rel err {c.rel:.2e} (tol {self.tolerance.rel:.0e}){agree}: {verdict}")
         if self.divergence:
             d = self.divergence
             out.append(f"first diverging layer: {d['name']} ({d['label']}), rel err {d['rel']:.2e}")
@@ -110,19 +116,34 @@ def inputs(shape: Sequence[int], batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed + batch).standard_normal((batch, *shape), dtype=np.float32)
 
 
-def compare(out: np.ndarray, ref: np.ndarray, tol: Tolerance, backend: str) -> Check:
-    """Compare one output with the reference under ``tol``."""
+def compare(out: np.ndarray, ref: np.ndarray, tol: Tolerance, backend: str, output: str = "logits",
+            size: tuple[int, int] | None = None) -> Check:
+    """Compare one output with the reference under ``tol``; top-1 agreement on logits only (a feature map has
+    no classes)."""
     out64, ref64 = out.astype(np.float64), ref.astype(np.float64)
+    if out.shape != ref.shape:
+        return Check(backend, int(ref.shape[0]), float("inf"), float("inf"), 0.0, 0, False, output, size)
     max_abs = float(np.abs(out64 - ref64).max()) if out.size else 0.0
     rel = max_abs / max(float(np.abs(ref64).max()), 1e-12)
-    srt = np.sort(ref64, axis=1)
-    margin = srt[:, -1] - srt[:, -2] if ref.shape[1] > 1 else np.full(len(ref), np.inf)
-    decisive = margin > 2 * max_abs
-    agree = (out64.argmax(1) == ref64.argmax(1))[decisive]
-    top1 = float(agree.mean()) if agree.size else 1.0
-    ok = (out.shape == ref.shape and bool(np.isfinite(out64).all()) and (tol.rel is None or rel <= tol.rel)
-          and top1 >= tol.top1)
-    return Check(backend, int(ref.shape[0]), max_abs, rel, top1, int(decisive.sum()), ok)
+    top1, decisive_count = 1.0, 0
+    if ref.ndim == 2:
+        srt = np.sort(ref64, axis=1)
+        margin = srt[:, -1] - srt[:, -2] if ref.shape[1] > 1 else np.full(len(ref), np.inf)
+        decisive = margin > 2 * max_abs
+        agree = (out64.argmax(1) == ref64.argmax(1))[decisive]
+        top1, decisive_count = (float(agree.mean()) if agree.size else 1.0), int(decisive.sum())
+    ok = bool(np.isfinite(out64).all()) and (tol.rel is None or rel <= tol.rel) and top1 >= tol.top1
+    return Check(backend, int(ref.shape[0]), max_abs, rel, top1, decisive_count, ok, output, size)
+
+
+def named_outputs(value: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """A runner's or module's result as ``{output name: float32 array}``: one array is the only output's."""
+    if isinstance(value, dict):
+        missing = [n for n in names if n not in value]
+        if missing:
+            raise InputError(f"the artefact returned {sorted(value)}, without {missing}")
+        return {n: np.asarray(value[n], dtype=np.float32) for n in names}
+    return {names[0]: np.asarray(value, dtype=np.float32)}
 
 
 def flop_check(analytic_macs: int, traced_macs: int) -> dict[str, Any]:
@@ -201,7 +222,7 @@ class Reference:
 
     def __init__(self, build: Callable[[], Any], module: Any = None) -> None:
         self._build, self._module = build, module
-        self._probed: dict[int, np.ndarray] = {}  # seed -> the module's CPU logits at batch 1
+        self._probed: dict[int, dict[str, np.ndarray]] = {}  # seed -> the module's CPU outputs at batch 1
         self._traced: int | None = None  # MACs of that pass, as torch's flop counter counts them
 
     def probe(self, seed: int = 0, source: str | None = None) -> None:
@@ -220,10 +241,12 @@ class Reference:
         assert self._traced is not None
         return self._traced
 
-    def outputs(self, x: np.ndarray, seed: int, device: str) -> np.ndarray:
-        """The module's logits for ``x`` (the verification input of its batch size and ``seed``) on ``device``."""
-        if device == "cpu" and len(x) == 1 and seed in self._probed:
-            return self._probed[seed]
+    def outputs(self, x: np.ndarray, seed: int, device: str) -> dict[str, np.ndarray]:
+        """The module's outputs by name for ``x`` (the verification input of its batch size, size and ``seed``)
+        on ``device``."""
+        probed = self._probed.get(seed)
+        if device == "cpu" and len(x) == 1 and probed is not None and x.shape[1:] == self.module.graph.input.shape:
+            return probed
         return _reference(self.module, x, device)
 
     @property
@@ -246,25 +269,35 @@ class Reference:
 def check_target(report: Report, reference: Reference, target: Target, directory: Path, manifest: Manifest, *,
                  batches: tuple[int, ...] = (), seed: int = 0, progress: Progress | None = None,
                  last: bool = False, providers: Sequence[str] | None = None) -> None:
-    """Open ``directory`` as ``target`` (as the runtime will) and compare it with the reference module; add to
-    ``report``. ``last``: no later check needs the module, so it is released before the target is opened."""
+    """Open ``directory`` as ``target`` (as the runtime will) and compare every output with the reference module;
+    add to ``report``. The batch sizes run at the input size the spec gives; an artefact with a size range also
+    runs at batch MIN at each of :func:`sizes_to_verify`. ``last``: no later check needs the module, so it is
+    released before the target is opened."""
     plan = target.plan(manifest)
     b = batches or plan.batches or default_batches(manifest.batch.min, manifest.batch.max)
     model = reference.module
+    c, *size = model.graph.input.shape
+    shapes = [((c, *size), n) for n in b] + [((c, *hw), manifest.batch.min) for hw in sizes_to_verify(manifest)
+                                             if list(hw) != size]
     with _on_device(model, plan) as device:
-        xs = [inputs(model.graph.input.shape, n, seed) for n in b]
+        xs = [inputs(shape, n, seed) for shape, n in shapes]
         cases = [(x, reference.outputs(x, seed, device)) for x in xs]
     graph = model.graph
+    names = [o.name for o in graph.outputs]
     del model
     if last:
         reference.release()
     runner = target.open(directory, manifest, None, providers)
-    what = f"verifying {runner.backend} against the module at batch {', '.join(map(str, b))}"
+    sizes = sorted({tuple(x.shape[2:]) for x in xs})
+    what = (f"verifying {runner.backend} against the module at batch {', '.join(map(str, b))}"
+            + (f" and at sizes {', '.join(f'{h}x{w}' for h, w in sizes)}" if len(sizes) > 1 else ""))
     with (progress or Progress(quiet=True)).step(what):
         for x, ref in cases:
-            check = compare(np.asarray(runner(x), dtype=np.float32), ref, report.tolerance, runner.backend)
-            report.checks.append(check)
-            if check.passed or report.divergence is not None:
+            hw = (int(x.shape[2]), int(x.shape[3])) if len(sizes) > 1 else None
+            got = named_outputs(runner(x), names)
+            checks = [compare(got[n], ref[n], report.tolerance, runner.backend, n, hw) for n in names]
+            report.checks.extend(checks)
+            if all(check.passed for check in checks) or report.divergence is not None:
                 continue
             other = target.localiser(directory, manifest)
             if other is None:
@@ -272,6 +305,19 @@ def check_target(report: Report, reference: Reference, target: Target, directory
             with _on_device(reference.module, plan) as device:
                 report.divergence = localise(graph, _intermediates(reference.module, device), other,
                                              [node.name for node in graph.nodes], x[:1], report.tolerance)
+
+
+def sizes_to_verify(manifest: Manifest) -> tuple[tuple[int, int], ...]:
+    """An artefact's input sizes to verify at: the manifest's size range's min, opt, max and an odd size between
+    (:meth:`resdsl.options.SizeProfile.sizes`); only the input's own size for a fixed size."""
+    from .options import SizeProfile
+
+    r = manifest.sections.get("size")
+    if not r:
+        h, w = manifest.input.shape[2:]
+        return ((int(h), int(w)),)
+    (h0, w0), (h1, w1), (h2, w2) = r["min"], r["opt"], r["max"]
+    return SizeProfile((h0, w0), (h1, w1), (h2, w2)).sizes()
 
 
 def verify_artefact(directory: str | Path, *, weights: Path | None = None, batches: tuple[int, ...] = (),
@@ -356,13 +402,17 @@ def weights_path(m: Manifest, d: Path, given: Path | None = None) -> Path:
                      "manifest, so a copy anywhere will do)")
 
 
-def _reference(model: Any, x: np.ndarray, device: str, source: str | None = None) -> np.ndarray:
+def _reference(model: Any, x: np.ndarray, device: str, source: str | None = None) -> dict[str, np.ndarray]:
     import torch
 
     with torch.no_grad():
-        ref: np.ndarray = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
-    if not np.isfinite(ref).all():
-        raise InputError(f"{source or model.graph.name}: the PyTorch module's own logits overflow to inf/NaN under "
+        got = model(torch.from_numpy(x).to(device))
+    names = [o.name for o in model.graph.outputs]
+    ref = named_outputs({k: v.float().cpu().numpy() for k, v in got.items()} if isinstance(got, dict) else
+                        got.float().cpu().numpy(), names)
+    if not all(np.isfinite(v).all() for v in ref.values()):
+        what = "logits" if names == ["logits"] else "outputs"
+        raise InputError(f"{source or model.graph.name}: the PyTorch module's own {what} overflow to inf/NaN under "
                          "these weights (very deep nets with random weights and untrained BN statistics do: each "
                          "unit adds its branch's variance), so there is nothing to verify against and nothing was "
                          "written; compile with trained --weights, or set zero_init_residual: true in the spec "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -140,13 +141,47 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str]:
     return obj, fmt
 
 
+#: torchvision's detection models keep their ResNet under this prefix (``backbone.body.layer1.0.conv1.weight``)
+DETECTION_PREFIX = "backbone.body."
+_TRAILING = re.compile(r"^(fc|bn_final|layer\d+)\.")
+
+
+def for_backbone(state: dict[str, torch.Tensor], graph: Graph) -> tuple[dict[str, torch.Tensor], list[str], str]:
+    """A classification or detection checkpoint's state narrowed to what a backbone graph builds (one without
+    logits): ``backbone.body.`` taken off when the keys carry it (the rest of a detector dropped), then the keys
+    of the head and of stages the graph does not build dropped. Returns the state, the dropped keys and a note
+    (empty when nothing was dropped). A classifier's graph gets the state unchanged: strict as ever."""
+    if graph.has_head:
+        return state, [], ""
+    want = {k for k, _ in state_layout(graph)}
+    dropped: list[str] = []
+    note = ""
+    if not any(k in want for k in state) and any(k.startswith(DETECTION_PREFIX) for k in state):
+        inner = {k.removeprefix(DETECTION_PREFIX): v for k, v in state.items() if k.startswith(DETECTION_PREFIX)}
+        dropped += [k for k in state if not k.startswith(DETECTION_PREFIX)]
+        state, note = inner, f"took the backbone ({DETECTION_PREFIX}*) out of a detection checkpoint"
+    beyond = [k for k in state if k not in want and _TRAILING.match(k)]
+    if beyond:
+        layers = sorted({k.split(".")[0] for k in beyond})
+        note = "; ".join(x for x in (note, f"dropped {len(beyond)} keys of {', '.join(layers)}, which this backbone "
+                                     "does not build") if x)
+        state = {k: v for k, v in state.items() if k not in set(beyond)}
+        dropped += beyond
+    if dropped and not note:
+        note = f"dropped {len(dropped)} keys of a detection checkpoint's other parts"
+    return state, dropped, note
+
+
 def load_into(model: torch.nn.Module, weights: str | Path | WeightsFile, spec_source: str | None = None
               ) -> dict[str, Any]:
     """Strictly load ``weights`` (a path, or a file :func:`read_weights` read) into ``model``; return the
-    manifest's ``weights`` entry."""
+    manifest's ``weights`` entry. A backbone (a graph without logits) takes a classifier's or a detector's
+    checkpoint with the layers it does not build dropped (:func:`for_backbone`; said in the entry's ``note``),
+    strict on everything else."""
     w = weights if isinstance(weights, WeightsFile) else read_weights(weights)
-    path, state, fmt = w.path, w.state, w.format
+    path, fmt = w.path, w.format
     graph = cast(Graph, model.graph)  # a module built by resdsl.backends.torch carries the graph it lowers
+    state, dropped, note = for_backbone(w.state, graph)
     want = dict(state_layout(graph))
     have = {k: tuple(v.shape) for k, v in state.items()}
     missing = [k for k in want if k not in have]
@@ -168,8 +203,11 @@ def load_into(model: torch.nn.Module, weights: str | Path | WeightsFile, spec_so
                          "checkpoint is damaged")
     model.load_state_dict(state, strict=True)
     # the absolute path, so that the artefact verifies from any working directory; the hashes find a moved file
-    return {"kind": "file", "path": str(path.resolve()), "given": str(path), "format": fmt,
-            "file_sha256": _file_sha(path), "sha256": state_digest(model.state_dict())}
+    entry: dict[str, Any] = {"kind": "file", "path": str(path.resolve()), "given": str(path), "format": fmt,
+                             "file_sha256": _file_sha(path), "sha256": state_digest(model.state_dict())}
+    if dropped:
+        entry.update(dropped=len(dropped), note=note)
+    return entry
 
 
 def _file_sha(path: Path) -> str:

@@ -19,12 +19,18 @@ from .conftest import SPECS, VALID_SPECS, spec_id
 def test_analytic_counts_equal_flop_counter_and_module(path: Path) -> None:
     """MACs == FlopCounterMode / 2 exactly; params == the module's; on the meta device (no compute)."""
     spec = load(path)
-    report = count(expand(spec))
+    graph = expand(spec)
+    report = count(graph)
     model = build(spec, device="meta")
     x = torch.empty(1, spec.in_channels, *spec.in_size, device="meta")
     with FlopCounterMode(display=False) as counter:
         y = model(x)
-    assert tuple(y.shape) == (1, spec.classes)
+    got = y if isinstance(y, dict) else {spec.outputs[0]: y}
+    assert list(got) == list(spec.outputs)
+    if spec.has_head:
+        assert tuple(got["logits"].shape) == (1, spec.classes)
+    assert {k: tuple(v.shape) for k, v in got.items()} == {o.name: (1, *graph.node(o.node).shape)
+                                                          for o in graph.outputs}
     assert counter.get_total_flops() == 2 * report.macs
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == report.params
 

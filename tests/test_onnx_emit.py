@@ -38,9 +38,10 @@ RTOL = 1e-5  # of the largest |value| of the torch tensor compared against (seen
 SPELLING = {"Constant", "Slice", "Squeeze", "Unsqueeze", "Reshape", "Identity"}
 #: for make test, the fewest shipped specs that together use every op and option the shipped specs use (found
 #: greedily; test_quick_set_covers_every_lowering keeps it so): ECA + shortcut D + deep stem, option A with a
-#: 1-channel input, ResNeXt groups + SE, a pre-activation bottleneck, the plain net, option C
+#: 1-channel input, ResNeXt groups + SE, a pre-activation bottleneck, the plain net, option C, a backbone (several
+#: outputs, no head, dilated stages and shortcut D's stride-1 pool under dilation)
 QUICK = ("timm/ecaresnet50d", "fashion/resnet20", "timm/seresnext50_32x4d", "preact/resnet164", "plain18",
-         "resnet34-c")
+         "resnet34-c", "backbones/timm-resnet50d-os16")
 
 
 def reduced(path: Path) -> Any:
@@ -119,7 +120,10 @@ def test_quick_set_covers_every_lowering() -> None:
                                                  ("deep stem", bool(spec.stem.conv.inner)),
                                                  ("channels", spec.in_channels),
                                                  ("stride on", spec.downsample if spec.bottleneck else "3x3"),
-                                                 ("stem pool", spec.stem.pool.kind if spec.stem.pool else None)})
+                                                 ("stem pool", spec.stem.pool.kind if spec.stem.pool else None),
+                                                 ("several outputs", len(spec.outputs) > 1), ("head", spec.has_head),
+                                                 ("dilated", any(n.attrs.get("dilation", 1) > 1 for n in nodes)),
+                                                 ("pad_end", any(n.attrs.get("pad_end") for n in nodes))})
     everything = set().union(*(features(p) for p in SPECS))
     quick = set().union(*(features(ROOT / "specs" / f"{n}.yaml") for n in QUICK))
     assert everything - quick == set()

@@ -120,7 +120,8 @@ def check_model(schema: Any, model_dir: Path, artefact: Path) -> tuple[Any, Mani
     for got, want in ((cfg.input, m.inputs), (cfg.output, m.outputs)):
         assert [t.name for t in got] == [t.name for t in want]
         assert [schema.DataType.Name(t.data_type) for t in got] == [TRITON_TYPES[t.dtype] for t in want]
-        assert [list(t.dims) for t in got] == [t.shape[1:] if m.batch.dynamic else t.shape for t in want]
+        symbolic = [[-1 if isinstance(d, str) else d for d in t.shape] for t in want]  # a varying height/width
+        assert [list(t.dims) for t in got] == [s[1:] if m.batch.dynamic else s for s in symbolic]
     if cfg.HasField("dynamic_batching"):
         preferred = list(cfg.dynamic_batching.preferred_batch_size)
         assert preferred and preferred == sorted(set(preferred))
@@ -503,3 +504,36 @@ def test_client_refuses_a_wrong_shape(arts: dict[str, Path], schema: Any, tmp_pa
     np.save(tmp_path / "x.npy", np.zeros((3, 32, 32), np.float32))
     assert client.main(["--model", "tiny-dyn", str(tmp_path / "x.npy")]) == 2
     assert "found shape (1, 3, 32, 32), but the model takes (C, H, W) = (3, 16, 16)" in capsys.readouterr().err
+
+
+BACKBONE = """
+resdsl: 1
+name: tiny-backbone
+block: basic
+input: {size: 32}
+stem: {conv: {channels: 8, kernel: 3, stride: 2}, pool: {}}
+stages: [{width: 8, blocks: 1}, {width: 16, blocks: 1, stride: 2}, {width: 16, blocks: 1, stride: 2}]
+outputs: [conv3_x, conv4_x]
+output_stride: 8
+"""
+
+
+def test_a_backbone_over_a_size_range_gets_one_output_entry_each_with_symbolic_sides(schema: Any,
+                                                                                      tmp_path: Path) -> None:
+    """Several outputs and a size range: Triton's schema takes one output entry per feature map, with -1 for the
+    height and width that vary (the ONNX model's own symbolic dims are the oracle)."""
+    import onnx
+
+    from resdsl.pipeline import compile_spec
+
+    spec = tmp_path / "bb.yaml"
+    spec.write_text(BACKBONE)
+    art, _ = compile_spec(spec, CompileOptions(out=tmp_path / "bb", batch="1:2:4", size="24x24:32x32:48x48"))
+    model = write_repository([art], tmp_path / "repo", TritonOptions())[0]
+    cfg, _ = check_model(schema, model, art)
+    graph = onnx.load(art / "model.onnx").graph
+    assert [t.name for t in cfg.output] == [v.name for v in graph.output] == ["conv3_x", "conv4_x"]
+    for t, v in zip([*cfg.input, *cfg.output], [*graph.input, *graph.output], strict=True):
+        assert list(t.dims) == [d.dim_value if d.HasField("dim_value") else -1
+                                for d in v.type.tensor_type.shape.dim[1:]]
+    assert list(cfg.input[0].dims) == [3, -1, -1] and list(cfg.output[1].dims) == [16, -1, -1]

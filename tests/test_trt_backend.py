@@ -40,6 +40,7 @@ from resdsl.errors import BackendUnavailable, InputError, OptionError
 from resdsl.options import BatchProfile, TrtOptions
 
 from . import trt_surface
+from .conftest import SPECS
 
 # --------------------------------------------------------------------------- --batch (resdsl.options.BatchProfile)
 
@@ -734,3 +735,36 @@ def test_concurrent_builds_keep_both_timing_cache_entries(fake_trt: Any, tmp_pat
     assert cache_file == Path(results["b"]["options"]["timing_cache"])
     assert set(fake_trt.read_cache(cache_file.read_bytes()).entries) == alone["a"] | alone["b"]
     assert not _temporaries(tmp_path)
+
+
+def test_a_backbone_over_a_size_range_reaches_the_builder(fake_trt: Any, tmp_path: Path) -> None:
+    """A backbone compiled with symbolic height and width: the one profile spans the batch range and the size
+    range, every feature map is a network output, and a symbolic-size model without a range (or a fixed-size
+    model with one) is refused naming --size."""
+    from resdsl.backends import onnx as ob
+    from resdsl.backends.torch import build
+    from resdsl.options import SizeProfile
+    from resdsl.spec import from_resolved, load
+
+    base = load(SPECS / "backbones" / "timm-resnet50d-os16.yaml")
+    doc = {**base.resolved, "stages": [{**s, "blocks": 1} for s in base.resolved["stages"]], "expect": None}
+    model = build(from_resolved({k: v for k, v in doc.items() if v is not None}, base.source)).eval()
+    ob.export(model, tmp_path / "bb.onnx", dynamic_size=True)
+    size = SizeProfile.parse("320x320:800x1216:1344x1344")
+    info = trt_build.build_engine(tmp_path / "bb.onnx", tmp_path / "bb.engine", BatchProfile.parse("1:2:4"),
+                                  TrtOptions(), precision="fp32", io="fp32", size=size)
+    engine = _engine(tmp_path / "bb.engine")
+    assert engine["profiles"] == [{"input": [[1, 3, 320, 320], [2, 3, 800, 1216], [4, 3, 1344, 1344]]}]
+    assert [(n, shape) for n, shape, _ in engine["io"]] == [
+        ("input", [-1, 3, -1, -1]), ("conv2_x", [-1, 256, -1, -1]), ("conv3_x", [-1, 512, -1, -1]),
+        ("conv4_x", [-1, 1024, -1, -1]), ("conv5_x", [-1, 2048, -1, -1])]
+    assert info["options"]["size"] == "320x320:800x1216:1344x1344" and info["input_chw"] == [3, -1, -1]
+    with pytest.raises(OptionError, match=r"CompileOptions.size not given: .* symbolic height and width"):
+        trt_build.build_engine(tmp_path / "bb.onnx", tmp_path / "x.engine", BatchProfile.parse("1:2:4"),
+                               TrtOptions(), precision="fp32", io="fp32")
+    _tiny_onnx(tmp_path / "m.onnx")
+    with pytest.raises(OptionError, match=r"CompileOptions.size 320x320:800x1216:1344x1344: .* fixes the input at "
+                                          r"16x16"):
+        trt_build.build_engine(tmp_path / "m.onnx", tmp_path / "y.engine", BatchProfile.parse("1:2:4"),
+                               TrtOptions(), precision="fp32", io="fp32", size=size)
+    assert not (tmp_path / "x.engine").exists() and not (tmp_path / "y.engine").exists()

@@ -47,11 +47,12 @@ Localiser = Callable[[list[str], "np.ndarray"], dict[str, "np.ndarray"]]
 
 
 class Runner(Protocol):
-    """An opened artefact: numpy ``(N, C, H, W)`` in the manifest's input dtype -> numpy logits."""
+    """An opened artefact: numpy ``(N, C, H, W)`` in the manifest's input dtype -> numpy logits (the only output),
+    or a dict of arrays by output name when the net returns several."""
 
     backend: str  # what ran it, as verification reports name it: "onnxruntime-cpu", "tensorrt", ...
 
-    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+    def __call__(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]: ...
 
 
 @dataclass(frozen=True)

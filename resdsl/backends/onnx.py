@@ -57,7 +57,7 @@ def write(stage: Path, model: Any, spec: Spec, options: CompileOptions, progress
     with progress.step(f"writing ONNX (opset {options.opset}, {options.exporter} exporter)"):
         fp32 = path if options.precision == "fp32" else stage / ".fp32.onnx"
         info = export(model, fp32, opset=options.opset, dynamic_batch=b.dynamic, batch=None if b.dynamic else b.min,
-                      exporter=options.exporter)
+                      exporter=options.exporter, dynamic_size=options.size is not None and options.size.dynamic)
         if options.precision == "fp16":
             convert_fp16(fp32, path, keep_io_fp32=options.io == "fp32")
     if options.precision == "int8":
@@ -84,8 +84,11 @@ class Runner:
         first = sess.get_providers()[0]
         self.backend = "onnxruntime-" + _SHORT.get(first, first.removesuffix("ExecutionProvider").lower())
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return run(self.session, x)
+    def __call__(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        """The only output's array, or every output by name when the model has several."""
+        got = self.session.run(None, _feed(self.session, x))
+        names = [o.name for o in self.session.get_outputs()]
+        return cast("np.ndarray", got[0]) if len(names) == 1 else dict(zip(names, got, strict=True))
 
 
 def open(directory: Path, manifest: Manifest, threads: int | None = None,

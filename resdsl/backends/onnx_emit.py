@@ -1,7 +1,8 @@
 """Graph + weights -> ONNX: ``model.onnx`` written straight from resdsl's IR, with ONNX's own builders.
 
 Each node of :func:`resdsl.expand.expand`'s graph becomes the ONNX operator(s) that compute it, in the graph's
-order: the node's output is the tensor named by its module path (``layer3.4.conv2``; ``fc``'s is ``logits``),
+order: the node's output is the tensor named by its module path (``layer3.4.conv2``; a node the net returns is
+named as the output: ``logits`` for ``fc``, the stage's name such as ``conv4_x`` for a backbone's feature map),
 made by an ONNX node named ``PATH/Op`` (a second node of the same kind in one layer is ``PATH/Op_1``), and the
 weights are the module's state_dict entries under their own names (``layer3.4.conv2.weight``). This is the
 layout the torch exporter's output is tidied into, so everything downstream (fp16, int8, TensorRT, the
@@ -10,8 +11,10 @@ first-diverging-layer search) reads either the same way.
 Lowerings (``x`` the node's input):
 
 =============  ==============================================================================================
-conv           ``Conv`` (no bias); BN stays an inference-mode ``BatchNormalization`` (runtimes fold it)
-maxpool        ``MaxPool``; avgpool: ``AveragePool`` with the node's ceil mode and padding rule
+conv           ``Conv`` (no bias, ``dilations`` as the node's); BN stays an inference-mode ``BatchNormalization``
+               (runtimes fold it)
+maxpool        ``MaxPool``; avgpool: ``AveragePool`` with the node's ceil mode and padding rule, after a
+               ``Pad`` of ``pad_end`` zero rows and columns at the end when it has one
 shortcut_a     ``Slice`` every ``stride``-th row and column, then ``Pad`` zero channels at the end
 gap            ``ReduceMean`` over H and W, ``Reshape`` to ``[N, C]``; fc: ``Gemm`` (``transB=1``)
 se             ``ReduceMean`` (kept dims), 1x1 ``Conv`` + bias, ``Relu``, 1x1 ``Conv`` + bias, ``Sigmoid``,
@@ -32,7 +35,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import version
-from .onnx_file import BATCH, INPUT, OUTPUT, need
+from .onnx_file import BATCH, INPUT, need
 
 if TYPE_CHECKING:
     import onnx
@@ -111,18 +114,22 @@ def emit(graph: Graph, state: Mapping[str, Any], *, opset: int = 18, batch: int 
     g.name = graph.name
     e = _Emitter(state, opset, g)
     tensor_of = {INPUT: INPUT}
+    returned = {o.node: o for o in graph.outputs}
     n_axis: int | str = BATCH if batch is None else batch
     for node in graph.nodes[1:]:
-        out = OUTPUT if node is graph.output else node.name
+        out = returned[node.name].name if node.name in returned else node.name
         _lower(e, node, [tensor_of[i] for i in node.inputs], out)
         tensor_of[node.name] = out
-        if out != OUTPUT:
+        if node.name not in returned:
             g.value_info.append(ox.helper.make_tensor_value_info(out, ox.TensorProto.FLOAT,
                                                                  [n_axis, *_dims(node.shape, dynamic_size)]))
     c, h, w = graph.input.shape
     size: list[int | str] = [HEIGHT, WIDTH] if dynamic_size else [h, w]
     g.input.append(ox.helper.make_tensor_value_info(INPUT, ox.TensorProto.FLOAT, [n_axis, c, *size]))
-    g.output.append(ox.helper.make_tensor_value_info(OUTPUT, ox.TensorProto.FLOAT, [n_axis, *graph.output.shape]))
+    for o in graph.outputs:
+        shape = graph.node(o.node).shape
+        dims = [shape[0], f"{o.name}_height", f"{o.name}_width"] if dynamic_size and len(shape) == 3 else list(shape)
+        g.output.append(ox.helper.make_tensor_value_info(o.name, ox.TensorProto.FLOAT, [n_axis, *dims]))
     return model, tensor_of
 
 
@@ -135,9 +142,9 @@ def _lower(e: _Emitter, node: Node, x: list[str], out: str) -> None:
     """Append the ONNX nodes that compute ``node`` from the tensors ``x``, ending in the tensor ``out``."""
     p, a = node.name, node.attrs
     if node.op == "conv":
-        k, s, pad = a["kernel"], a["stride"], a["padding"]
+        k, s, pad, d = a["kernel"], a["stride"], a["padding"], a["dilation"]
         e.op(p, "Conv", [x[0], e.weight(f"{p}.weight")], out, kernel_shape=[k, k], strides=[s, s],
-             pads=[pad] * 4, dilations=[1, 1], group=a["groups"])
+             pads=[pad] * 4, dilations=[d, d], group=a["groups"])
     elif node.op == "bn":
         e.op(p, "BatchNormalization", [x[0], *(e.weight(f"{p}.{w}") for w in ("weight", "bias", "running_mean",
                                                                            "running_var"))], out, epsilon=BN_EPS)
@@ -149,8 +156,11 @@ def _lower(e: _Emitter, node: Node, x: list[str], out: str) -> None:
         k, s, pad = a["kernel"], a["stride"], a["padding"]
         e.op(p, "MaxPool", x, out, kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4)
     elif node.op == "avgpool":
-        k, s, pad = a["kernel"], a["stride"], a["padding"]
-        e.op(p, "AveragePool", x, out, kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4,
+        k, s, pad, end = a["kernel"], a["stride"], a["padding"], a["pad_end"]
+        src = x[0]
+        if end:  # zeros appended at the bottom and right, then pooled as they are (as the module pads them)
+            src = e.op(p, "Pad", [src, e.ints(f"pads_end{end}", [0, 0, 0, 0, 0, 0, end, end])], mode="constant")
+        e.op(p, "AveragePool", [src], out, kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4,
              ceil_mode=int(a["ceil_mode"]), count_include_pad=int(a["count_include_pad"]))
     elif node.op == "shortcut_a":
         _shortcut_a(e, p, x[0], out, a["stride"], a["pad"])

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import InputError, VerificationError
-from .onnx_file import BATCH, INPUT, MIN_OPSET, OUTPUT, TENSORS_KEY, PathLike, commit, need, write_temporary
+from .onnx_file import BATCH, INPUT, MIN_OPSET, TENSORS_KEY, PathLike, commit, need, write_temporary
 
 if TYPE_CHECKING:
     import onnx
@@ -69,11 +69,12 @@ class ExportInfo:
     opset: int
     exporter: str  # the exporter that ran: "dynamo" or "torchscript"
     input_name: str
-    output_name: str
+    output_name: str  # the first output's ("logits" for a classifier)
     input_shape: tuple[int | str, ...]  # ("batch", 3, 224, 224) when the batch axis is dynamic
     output_shape: tuple[int | str, ...]
     tensor_of: dict[str, str] = field(hash=False)
     seconds: float = 0.0
+    outputs: tuple[tuple[str, tuple[int | str, ...]], ...] = ()  # every output's name and shape, in order
 
 
 #: ``exporter`` values: ``ir`` writes the file from resdsl's graph (:mod:`resdsl.backends.onnx_emit`); ``torch``
@@ -110,15 +111,19 @@ def export(model: ResNet, path: PathLike, *, opset: int = 18, batch: int | None 
         proto, tensors = _traced(model, chosen, opset, batch, dynamic_batch)
     dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in (*proto.graph.input, *proto.graph.output)]
-    if len(dims) != 2 or [d[0] for d in dims] != [BATCH if dynamic_batch else batch] * 2:
-        raise VerificationError(f"the {chosen} exporter wrote input/output shapes {dims}, not one input and one "
-                                f"output with batch axis {BATCH if dynamic_batch else batch!r}; try the other exporter")
+    names = [v.name for v in proto.graph.output]
+    wanted = [o.name for o in model.graph.outputs]
+    if (len(proto.graph.input) != 1 or names != wanted
+            or [d[0] for d in dims] != [BATCH if dynamic_batch else batch] * len(dims)):
+        raise VerificationError(f"the {chosen} exporter wrote input/output shapes {dims} (outputs {names}), not one "
+                                f"input and the outputs {wanted} with batch axis "
+                                f"{BATCH if dynamic_batch else batch!r}; try the other exporter")
     proto.metadata_props.add(key=TENSORS_KEY, value=json.dumps(tensors))
     tmp = write_temporary(proto, Path(path))
     del proto  # the checker loads the file: no second copy of the model meanwhile
     commit(tmp, Path(path))
-    return ExportInfo(str(path), opset, chosen, INPUT, OUTPUT, tuple(dims[0]), tuple(dims[1]), tensors,
-                      time.perf_counter() - start)
+    return ExportInfo(str(path), opset, chosen, INPUT, names[0], tuple(dims[0]), tuple(dims[1]), tensors,
+                      time.perf_counter() - start, tuple((n, tuple(d)) for n, d in zip(names, dims[1:], strict=True)))
 
 
 def _traced(model: ResNet, chosen: str, opset: int, batch: int, dynamic_batch: bool
@@ -149,7 +154,8 @@ def _dynamo(model: Any, x: Any, opset: int, dynamic: bool) -> ir.Model:
 
     # Built at >= 18 and converted in _tidy: asked for 17, the exporter's converter meets ReduceMean's
     # not-yet-folded axes, logs a traceback and silently keeps opset 18.
-    prog = torch.onnx.export(model, (x,), input_names=[INPUT], output_names=[OUTPUT], opset_version=max(opset, 18),
+    outputs = [o.name for o in model.graph.outputs]
+    prog = torch.onnx.export(model, (x,), input_names=[INPUT], output_names=outputs, opset_version=max(opset, 18),
                              dynamo=True, optimize=False, verbose=False,
                              dynamic_shapes=({0: torch.export.Dim(BATCH)},) if dynamic else None)
     assert prog is not None
@@ -160,9 +166,10 @@ def _torchscript(model: Any, x: Any, opset: int, dynamic: bool) -> ir.Model:
     import torch
 
     buf = io.BytesIO()
-    torch.onnx.export(model, (x,), cast(Any, buf), input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
+    outputs = [o.name for o in model.graph.outputs]
+    torch.onnx.export(model, (x,), cast(Any, buf), input_names=[INPUT], output_names=outputs, opset_version=opset,
                       dynamo=False, training=torch.onnx.TrainingMode.PRESERVE,  # model in eval: EVAL would fold BN
-                      dynamic_axes={INPUT: {0: BATCH}, OUTPUT: {0: BATCH}} if dynamic else None)
+                      dynamic_axes={n: {0: BATCH} for n in (INPUT, *outputs)} if dynamic else None)
     proto = need("onnx").load_model_from_string(buf.getvalue())
     return cast("ir.Model", need("onnxscript.ir").serde.deserialize_model(proto))
 

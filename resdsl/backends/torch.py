@@ -81,6 +81,19 @@ class EfficientChannelAttention(nn.Module):
         return x * torch.sigmoid(y.squeeze(1))[:, :, None, None]
 
 
+class AvgPoolPadEnd(nn.AvgPool2d):
+    """Average pooling over the input with ``pad_end`` zero rows and columns appended (bottom, right) and
+    counted in the average: timm's ``AvgPool2dSame`` for a 2x2 stride-1 pool."""
+
+    def __init__(self, kernel: int, stride: int, padding: int, ceil_mode: bool, count_include_pad: bool,
+                 pad_end: int) -> None:
+        super().__init__(kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+        self.pad_end = pad_end
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (0, self.pad_end, 0, self.pad_end)))
+
+
 class GlobalAvgPool(nn.Module):
     """Average over H and W, then flatten: torchvision's ``avgpool`` + ``torch.flatten``."""
 
@@ -92,13 +105,16 @@ def _make(node: Node) -> nn.Module | None:
     a = node.attrs
     if node.op == "conv":
         return nn.Conv2d(a["in_channels"], a["out_channels"], a["kernel"], a["stride"], a["padding"],
-                         groups=a["groups"], bias=False)
+                         dilation=a["dilation"], groups=a["groups"], bias=False)
     if node.op == "bn":
         return nn.BatchNorm2d(a["channels"])
     if node.op == "relu":
         return nn.ReLU()
     if node.op == "maxpool":
         return nn.MaxPool2d(a["kernel"], a["stride"], a["padding"])
+    if node.op == "avgpool" and a["pad_end"]:
+        return AvgPoolPadEnd(a["kernel"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"],
+                             a["pad_end"])
     if node.op == "avgpool":
         return nn.AvgPool2d(a["kernel"], a["stride"], a["padding"], ceil_mode=a["ceil_mode"],
                             count_include_pad=a["count_include_pad"])
@@ -116,7 +132,11 @@ def _make(node: Node) -> nn.Module | None:
 
 
 class ResNet(nn.Module):
-    """A network lowered from a resdsl Graph; ``self.graph`` is kept for reports and verification."""
+    """A network lowered from a resdsl Graph; ``self.graph`` is kept for reports and verification.
+
+    ``forward`` returns the one output's tensor (the logits, by default), or a dict of the outputs by name, in
+    the spec's order, when the graph returns several (as torchvision's ``IntermediateLayerGetter`` does).
+    """
 
     def __init__(self, graph: Graph) -> None:
         super().__init__()
@@ -136,16 +156,21 @@ class ResNet(nn.Module):
             steps.append((n.name, fn, tuple(index[s] for s in n.inputs), free))
         self._steps = steps
         self._size = len(graph.nodes)
+        self._outputs = tuple((o.name, index[o.node]) for o in graph.outputs)
+        self._kept = {i for _, i in self._outputs}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> Any:
         values: list[Any] = [None] * self._size
         values[0] = x
+        kept = self._kept
         for i, (_, fn, args, free) in enumerate(self._steps, start=1):
             values[i] = fn(*[values[a] for a in args])
             for f in free:
-                values[f] = None
-        out: torch.Tensor = values[-1]
-        return out
+                if f not in kept:
+                    values[f] = None
+        if len(self._outputs) == 1:
+            return values[self._outputs[0][1]]
+        return {name: values[i] for name, i in self._outputs}
 
     def forward_intermediates(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Run the net and return the outputs of the named nodes (all when ``names`` is None)."""
@@ -244,10 +269,10 @@ def from_graph(graph: Graph, *, seed: int | None = 0, device: str | torch.device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         init_weights(model, zero_init_residual)
-        # nn.Linear's own default init drew from the global RNG at construction; redraw it here
-        fc = model.get_submodule("fc")
-        assert isinstance(fc, nn.Linear)
-        fc.reset_parameters()
+        if graph.has_head:  # nn.Linear's own default init draws from the global RNG at construction: drawn here
+            fc = model.get_submodule("fc")
+            assert isinstance(fc, nn.Linear)
+            fc.reset_parameters()
     return model
 
 
@@ -277,9 +302,10 @@ class _Runner:
     def __init__(self, model: ResNet) -> None:
         self.model = model
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
         with torch.no_grad():
-            return np.asarray(self.model(torch.from_numpy(x)).numpy())
+            out = self.model(torch.from_numpy(x))
+        return {k: v.numpy() for k, v in out.items()} if isinstance(out, dict) else np.asarray(out.numpy())
 
 
 def open(directory: Path, manifest: Manifest, threads: int | None = None, providers: Sequence[str] | None = None

@@ -50,9 +50,11 @@ def check_environment(options: CompileOptions) -> None:
 def write(stage: Path, model: Any, spec: Spec, options: CompileOptions, progress: Progress) -> Written:
     """Build ``model.engine`` from the ``model.onnx`` the onnx target wrote and verified in ``stage``."""
     b = options.batch
-    with progress.step(f"building the TensorRT engine (profile {b})"):
+    size = f", size {options.size}" if options.size is not None and options.size.dynamic else ""
+    with progress.step(f"building the TensorRT engine (profile {b}{size})"):
         info = build_engine(stage / "model.onnx", stage / ENGINE, b, options.trt_options,
-                            precision=options.precision, io=options.io)
+                            precision=options.precision, io=options.io,
+                            size=options.size if options.size is not None and options.size.dynamic else None)
     return Written((ENGINE,), sections={"trt": info},
                    versions={**installed_versions(), "tensorrt_runtime": info["trt_version"]})
 
@@ -65,7 +67,7 @@ class Runner:
     def __init__(self, runner: TrtRunner) -> None:
         self._runner = runner
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
         return self._runner(x)
 
     def device_timer(self, x: np.ndarray, cuda_graph: bool = False) -> tuple[Any, Any, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..atomic import write_bytes_atomic
 from ..errors import BackendUnavailable, InputError, OptionError
-from ..options import BatchProfile, TrtOptions
+from ..options import BatchProfile, SizeProfile, TrtOptions
 
 TRT_API: tuple[str, ...] = (
     "__version__", "ILogger", "ILogger.__init__", "ILogger.log", "ILogger.Severity.ERROR",
@@ -175,32 +175,45 @@ def _said(logger: Any) -> str:
     return ("; TensorRT said: " + " | ".join(logger.messages[-5:])) if logger.messages else ""
 
 
-def _check_io(trt: Any, network: Any, onnx_path: Path, profile: BatchProfile, io: str) -> tuple[int, ...]:
-    """Refuse a network that is not resdsl's ``input`` -> ``logits`` at ``io`` dtype serving ``profile``;
-    return the input's C, H, W."""
-    ios = [network.get_input(i) for i in range(network.num_inputs)]
-    ios += [network.get_output(i) for i in range(network.num_outputs)]
-    if [tensor.name for tensor in ios] != [INPUT, OUTPUT] or len(ios[0].shape) != 4:
-        raise InputError(f"{onnx_path}: expected input '{INPUT}' [batch, C, H, W] and output '{OUTPUT}', found "
+def _check_io(trt: Any, network: Any, onnx_path: Path, profile: BatchProfile, io: str,
+              size: SizeProfile | None = None) -> tuple[int, ...]:
+    """Refuse a network that is not resdsl's: one ``input`` [batch, C, H, W] and its outputs (the ``logits``, or a
+    backbone's feature maps), all at ``io`` dtype, serving ``profile`` and ``size``; return the input's C, H, W
+    (H and W are -1 where the model leaves them symbolic, and ``size`` then gives their range)."""
+    ins = [network.get_input(i) for i in range(network.num_inputs)]
+    outs = [network.get_output(i) for i in range(network.num_outputs)]
+    ios = ins + outs
+    if [tensor.name for tensor in ins] != [INPUT] or len(ins[0].shape) != 4 or not outs:
+        raise InputError(f"{onnx_path}: expected input '{INPUT}' [batch, C, H, W] and at least one output, found "
                          f"{[(tensor.name, list(tensor.shape)) for tensor in ios]}; export the model with resdsl.")
     # TensorRT's parser gives the network's inputs and outputs the ONNX model's types; --precision fp16 keeps
     # them float32 (casting at the edges) unless --io fp16, so they are checked against the I/O dtype.
     names = {trt.DataType.FLOAT: "fp32", trt.DataType.HALF: "fp16"}
     got = [names.get(tensor.dtype, str(tensor.dtype)) for tensor in ios]
-    if got != [io, io]:
-        own = f"give {{io}} {got[0]} for this model, or " if got[0] == got[1] and got[0] in names.values() else ""
-        raise OptionError(f"{{io}} {io}: {onnx_path} takes '{INPUT}' as {got[0]} and gives '{OUTPUT}' as {got[1]}, "
+    if any(g != io for g in got):
+        own = f"give {{io}} {got[0]} for this model, or " if len(set(got)) == 1 and got[0] in names.values() else ""
+        raise OptionError(f"{{io}} {io}: {onnx_path} takes '{INPUT}' as {got[0]} and gives "
+                          f"{', '.join(f'{t.name!r} as {g}' for t, g in zip(outs, got[1:], strict=True))}, "
                           f"so it cannot make an engine with {io} inputs and outputs; the I/O dtype is fixed when the "
                           f"ONNX model is exported, so {own}export it again with {{io}} {io}")
-    shape = tuple(ios[0].shape)
+    shape = tuple(ins[0].shape)
     if shape[0] != -1 and (profile.min, profile.max) != (shape[0], shape[0]):
         raise OptionError(f"{{batch}} {profile}: {onnx_path} fixes the batch size at {shape[0]}, so this profile "
                           f"cannot be served; give {{batch}} {shape[0]}, or export the model with a dynamic batch")
+    hw = shape[2:]
+    if -1 in hw and (size is None or not size.dynamic):
+        raise OptionError(f"{{size}} {size or 'not given'}: {onnx_path} has symbolic height and width, so TensorRT "
+                          "needs their range; give {size} MINHxMINW:OPTHxOPTW:MAXHxMAXW")
+    if -1 not in hw and size is not None and (size.min, size.max) != (hw, hw):
+        raise OptionError(f"{{size}} {size}: {onnx_path} fixes the input at {hw[0]}x{hw[1]}, so this range cannot "
+                          f"be served; give {{size}} {hw[0]}x{hw[1]}, or export the model with a size range")
     return shape[1:]
 
 
-def _configure(trt: Any, builder: Any, options: TrtOptions, profile: BatchProfile, chw: tuple[int, ...]) -> Any:
-    """The builder config: workspace, optimisation level, TF32 and version-compatibility flags, the profile."""
+def _configure(trt: Any, builder: Any, options: TrtOptions, profile: BatchProfile, chw: tuple[int, ...],
+               size: SizeProfile | None = None) -> Any:
+    """The builder config: workspace, optimisation level, TF32 and version-compatibility flags, and the one
+    optimisation profile, over the batch range and, for symbolic height and width, the size range."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     config.builder_optimization_level = options.opt_level
@@ -208,8 +221,10 @@ def _configure(trt: Any, builder: Any, options: TrtOptions, profile: BatchProfil
         config.clear_flag(trt.BuilderFlag.TF32)  # on by default in TensorRT; fp32 means fp32 unless asked
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    c, h, w = chw
+    lo, opt, hi = (size.min, size.opt, size.max) if size is not None and (h, w) == (-1, -1) else ((h, w),) * 3
     opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(INPUT, (profile.min, *chw), (profile.opt, *chw), (profile.max, *chw))
+    opt_profile.set_shape(INPUT, (profile.min, c, *lo), (profile.opt, c, *opt), (profile.max, c, *hi))
     config.add_optimization_profile(opt_profile)
     return config
 
@@ -277,12 +292,13 @@ def _cache_file(options: TrtOptions, precision: str, env: TrtEnvironment) -> Pat
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: BatchProfile, options: TrtOptions, *,
-                 precision: str, io: str) -> dict[str, Any]:
+                 precision: str, io: str, size: SizeProfile | None = None) -> dict[str, Any]:
     """Build a TensorRT engine from the ONNX model; return the build facts for the manifest.
 
     ``precision`` is the computation inside the ONNX graph (``"fp32"``, ``"fp16"``, or ``"int8"``: Q/DQ nodes,
     which a strongly typed network turns into int8 layers, no builder flag needed) and ``io`` the dtype of its
-    input and logits (``"fp32"`` or ``"fp16"``); the network's input and output must be of the ``io`` dtype.
+    input and outputs (``"fp32"`` or ``"fp16"``); the network's input and outputs must be of the ``io`` dtype.
+    ``size``: the range of input heights and widths, for a model whose height and width are symbolic.
     """
     if precision not in ("fp32", "fp16", "int8") or io not in ("fp32", "fp16"):
         raise OptionError(f"{{precision}} {precision!r}, {{io}} {io!r}: the TensorRT backend builds fp32, fp16 or "
@@ -299,15 +315,16 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: BatchP
     if not parser.parse(onnx_path.read_bytes(), str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "no details"
         raise InputError(f"{onnx_path}: TensorRT could not parse this ONNX model: {errors}{_said(logger)}")
-    chw = _check_io(trt, network, onnx_path, profile, io)
-    config = _configure(trt, builder, options, profile, chw)
+    chw = _check_io(trt, network, onnx_path, profile, io, size)
+    config = _configure(trt, builder, options, profile, chw, size)
     cache_file = _cache_file(options, precision, env)
     cache_status = "off" if cache_file is None else _load_cache(config, cache_file)
     start = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     if plan is None:
-        raise InputError(f"{onnx_path}: TensorRT failed to build an engine (batch {profile}, workspace "
+        raise InputError(f"{onnx_path}: TensorRT failed to build an engine (batch {profile}"
+                         f"{f', size {size}' if size is not None else ''}, workspace "
                          f"{options.workspace_mib} MiB){_said(logger)}; a larger workspace limit (--workspace, "
                          "TrtOptions.workspace_mib) may help.")
     data = memoryview(plan)
@@ -316,6 +333,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: BatchP
         _save_cache(config, cache_file)
     opts = {**asdict(options), "profile": str(profile), "precision": precision, "io": io,
             "timing_cache": str(cache_file) if cache_file else None}
+    if size is not None:
+        opts["size"] = str(size)
     return {"trt_version": env.trt_version, "gpu": env.gpu_name, "compute_capability": env.compute_capability,
             "options": opts, "timing_cache_key": timing_cache_key(options, precision, env),
             "timing_cache_status": cache_status, "input_chw": list(chw), "build_seconds": round(seconds, 3),

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .trt_build import INPUT, OUTPUT, TrtEnvironment, _import_trt, _make_logger, _require_gpu, _said
+from .trt_build import INPUT, TrtEnvironment, _import_trt, _make_logger, _require_gpu, _said
 
 # Version-compatible engines run on newer runtimes of the same major version, plus these documented pairs.
 _CROSS_MAJOR = {(8, 10), (10, 11)}
@@ -93,37 +93,60 @@ class TrtRunner:
         dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
                   trt.DataType.BF16: torch.bfloat16}
         io = [dtypes.get(engine.get_tensor_dtype(n)) for n in names]
-        if inputs != [INPUT] or sorted(names) != sorted([INPUT, OUTPUT]) or None in io:
-            raise InputError(f"{path}: expected an fp32/fp16/bf16 input '{INPUT}' and output '{OUTPUT}', found "
+        if inputs != [INPUT] or len(names) < 2 or None in io:
+            raise InputError(f"{path}: expected an fp32/fp16/bf16 input '{INPUT}' and fp32/fp16/bf16 outputs, found "
                              f"{names}; rebuild the engine with resdsl.")
-        self._in_dtype, self._out_dtype = (dtypes[engine.get_tensor_dtype(n)] for n in (INPUT, OUTPUT))
+        #: the outputs in the engine's order, which is the ONNX model's: the logits, or a backbone's feature maps
+        self.outputs = [n for n in names if n != INPUT]
+        self._in_dtype = dtypes[engine.get_tensor_dtype(INPUT)]
+        self._out_dtypes = {n: dtypes[engine.get_tensor_dtype(n)] for n in self.outputs}
         lo, _, hi = (tuple(d) for d in engine.get_tensor_profile_shape(INPUT, 0))
         self.chw, self.batch_range = lo[1:], (lo[0], hi[0])
+        self.size_range = (lo[2:], hi[2:])  # the profile's smallest and largest height and width
         self._stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
 
-    def __call__(self, x: np.ndarray | Any) -> np.ndarray:
-        """Run a batch ``[N, C, H, W]``; returns the logits ``[N, classes]`` as float32."""
+    def _fits(self, shape: tuple[int, ...]) -> bool:
+        (h0, w0), (h1, w1) = self.size_range
+        lo, hi = self.batch_range
+        return (len(shape) == 4 and shape[1] == self.chw[0] and lo <= shape[0] <= hi and h0 <= shape[2] <= h1
+                and w0 <= shape[3] <= w1)
+
+    def _bind(self, xin: Any) -> dict[str, Any]:
+        """Set the input's shape and address, and make and bind each output at the shape TensorRT derives."""
+        import torch
+
+        context = self._context
+        if not context.set_input_shape(INPUT, tuple(xin.shape)):
+            raise InputError(f"TensorRT rejected the input shape {list(xin.shape)}{_said(self._logger)}.")
+        context.set_tensor_address(INPUT, xin.data_ptr())
+        outs = {}
+        for name in self.outputs:
+            outs[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=self._out_dtypes[name], device="cuda")
+            context.set_tensor_address(name, outs[name].data_ptr())
+        return outs
+
+    def __call__(self, x: np.ndarray | Any) -> np.ndarray | dict[str, np.ndarray]:
+        """Run a batch ``[N, C, H, W]``; returns the logits ``[N, classes]`` as float32, or a dict of float32
+        arrays by output name when the engine has several outputs."""
         import torch
 
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
-        lo, hi = self.batch_range
-        if t.dim() != 4 or tuple(t.shape[1:]) != self.chw or not lo <= t.shape[0] <= hi:
-            raise InputError(f"the engine takes [N, {', '.join(map(str, self.chw))}] with N in {lo}..{hi}, got "
-                             f"{list(t.shape)}; rebuild it with a wider --batch if needed.")
+        if not self._fits(tuple(t.shape)):
+            (h0, w0), (h1, w1) = self.size_range
+            raise InputError(f"the engine takes [N, {self.chw[0]}, H, W] with N in {self.batch_range[0]}.."
+                             f"{self.batch_range[1]}, H in {h0}..{h1} and W in {w0}..{w1}, got {list(t.shape)}; "
+                             "rebuild it with a wider --batch or --size if needed.")
         context = self._context
         self._stream.wait_stream(torch.cuda.current_stream())  # x may come from work on the caller's stream
         with torch.cuda.stream(self._stream):
             xin = t.to(device="cuda", dtype=self._in_dtype).contiguous()
-            if not context.set_input_shape(INPUT, tuple(xin.shape)):
-                raise InputError(f"TensorRT rejected the input shape {list(xin.shape)}{_said(self._logger)}.")
-            out = torch.empty(tuple(context.get_tensor_shape(OUTPUT)), dtype=self._out_dtype, device="cuda")
-            context.set_tensor_address(INPUT, xin.data_ptr())
-            context.set_tensor_address(OUTPUT, out.data_ptr())
+            outs = self._bind(xin)
             ok = context.execute_async_v3(self._stream.cuda_stream)
         self._stream.synchronize()
         if not ok:
             raise RuntimeError(f"TensorRT failed to run the engine{_said(self._logger)}")
-        return out.float().cpu().numpy()
+        got = {name: out.float().cpu().numpy() for name, out in outs.items()}
+        return got[self.outputs[0]] if len(got) == 1 else got
 
     def device_timer(self, x: np.ndarray, cuda_graph: bool = False) -> tuple[Any, Any, Any]:
         """Three calls for timing as trtexec does, each waiting for the GPU: run the engine on ``x`` already in
@@ -134,12 +157,8 @@ class TrtRunner:
         context, stream = self._context, self._stream
         host = torch.from_numpy(np.ascontiguousarray(x)).to(self._in_dtype).pin_memory()
         xin = host.to("cuda")
-        if not context.set_input_shape(INPUT, tuple(xin.shape)):
-            raise InputError(f"TensorRT rejected the input shape {list(xin.shape)}{_said(self._logger)}.")
-        out = torch.empty(tuple(context.get_tensor_shape(OUTPUT)), dtype=self._out_dtype, device="cuda")
-        host_out = torch.empty(out.shape, dtype=out.dtype).pin_memory()
-        context.set_tensor_address(INPUT, xin.data_ptr())
-        context.set_tensor_address(OUTPUT, out.data_ptr())
+        outs = self._bind(xin)
+        host_outs = {name: torch.empty(out.shape, dtype=out.dtype).pin_memory() for name, out in outs.items()}
         torch.cuda.synchronize()
 
         def enqueue() -> None:
@@ -167,7 +186,8 @@ class TrtRunner:
 
         def d2h() -> None:
             with torch.cuda.stream(stream):
-                host_out.copy_(out, non_blocking=True)
+                for name, out in outs.items():
+                    host_outs[name].copy_(out, non_blocking=True)
             stream.synchronize()
 
         return compute, h2d, d2h
