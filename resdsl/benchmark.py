@@ -74,6 +74,8 @@ class BenchResult:
     versions: dict[str, str]
     peak: dict[str, Any]
     results: list[Latency] = field(default_factory=list)
+    input_size: list[int] = field(default_factory=list)  # the height and width timed at
+    gmacs: float | None = None  # per image at that size (the manifest's figure is for the spec's own size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +84,9 @@ class BenchResult:
         """The human-readable report: a header saying what was measured, then a row per batch size."""
         a, m = self.artefact, self.machine
         device = m.get("gpu") or f"{m['cpu']} ({m['cores']} cores; {', '.join(m['cpu_flags']) or 'no SIMD flags'})"
-        lines = [f"{self.directory}: {a['name']}, {a['target']}, {a['precision']}, {a['gmacs']} GMACs/image; "
+        size = f" at {self.input_size[0]}x{self.input_size[1]}" if self.input_size else ""
+        gmacs = self.gmacs if self.gmacs is not None else a["gmacs"]
+        lines = [f"{self.directory}: {a['name']}, {a['target']}, {a['precision']}, {gmacs} GMACs/image{size}; "
                  f"{self.backend}; {device}",
                  f"timing: {self.timing}",
                  f"{'batch':>5} {'runs':>6} {'mean ms':>9} {'p50':>9} {'p90':>9} {'p99':>9} {'min':>9} {'max':>9} "
@@ -149,7 +153,10 @@ def bench(directory: str | Path, options: BenchOptions, progress: Progress | Non
     result = BenchResult(str(directory), _summary(m), art.backend, timing, machine(art.backend),
                          _versions(art.backend), peak)
     rng = np.random.default_rng(0)
-    chw = [int(d) for d in m.input.shape[1:]]
+    chw = [int(m.input.shape[1]), *_size(m, options.size, directory)]
+    result.input_size = chw[1:]
+    macs = _macs_at(m, (chw[1], chw[2]))
+    result.gmacs = round(macs / 1e9, 4)
     for b in batches:
         x = rng.standard_normal((b, *chw), dtype=np.float32)
         with progress.step(f"timing batch {b}"):
@@ -161,9 +168,34 @@ def bench(directory: str | Path, options: BenchOptions, progress: Progress | Non
             else:
                 lat = stats(b, timed(partial(art, x), options.warmup, options.iterations, options.duration))
         if peak.get("tops"):
-            lat = replace(lat, peak_fraction=lat.images_per_s * m.counts.macs * 2 / (peak["tops"] * 1e12))
+            lat = replace(lat, peak_fraction=lat.images_per_s * macs * 2 / (peak["tops"] * 1e12))
         result.results.append(lat)
     return result
+
+
+def _size(m: mf.Manifest, size: tuple[int, int] | None, directory: str | Path) -> tuple[int, int]:
+    """The input height and width to time at: ``size`` (within the artefact's range), else its opt size."""
+    r = m.sections.get("size")
+    sides = [r["min"], r["opt"], r["max"]] if r else [m.input.shape[2:]] * 3
+    lo, opt, hi = ((int(h), int(w)) for h, w in sides)
+    if size is None:
+        return opt
+    if not (lo[0] <= size[0] <= hi[0] and lo[1] <= size[1] <= hi[1]):
+        raise OptionError(f"{{size}} {size[0]}x{size[1]}: outside {directory}'s input sizes {lo[0]}x{lo[1]} to "
+                          f"{hi[0]}x{hi[1]}; choose a size within them or compile with a wider --size MIN:OPT:MAX")
+    return size
+
+
+def _macs_at(m: mf.Manifest, size: tuple[int, int]) -> int:
+    """Multiply-adds per image at ``size``: the manifest's count at the spec's own size, else counted anew."""
+    from dataclasses import replace as replaced
+
+    from .expand import expand
+    from .flops import count
+    from .spec import from_resolved
+
+    spec = from_resolved(m.spec["resolved"], m.spec.get("source", "<manifest>"))
+    return m.counts.macs if spec.in_size == size else count(expand(replaced(spec, in_size=size))).macs
 
 
 def _summary(m: mf.Manifest) -> dict[str, Any]:

@@ -140,7 +140,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     opts = BenchOptions(batches=batch_list(args.batch, "batches"), warmup=args.warmup, iterations=args.iterations,
                         duration=args.duration, threads=args.threads,
-                        providers=(args.provider,) if args.provider else None, cuda_graph=args.cuda_graph)
+                        providers=(args.provider,) if args.provider else None, cuda_graph=args.cuda_graph,
+                        size=args.size)
     result = bench(args.directory, opts, Progress(quiet=args.quiet or args.json))
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
     return 0
@@ -293,6 +294,8 @@ def _add_bench(sub: Any) -> None:
     b.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: one per core)")
     add_provider_flag(b)
     b.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the engine from a CUDA graph")
+    b.add_argument("--size", metavar="HxW", help="input height and width within the artefact's range (default: its "
+                   "opt size, or its one size)")
     b.add_argument("--json", action="store_true", help="machine-readable output (no progress lines)")
     b.add_argument("-q", "--quiet", action="store_true", help="print no progress lines")
     b.set_defaults(func=cmd_bench)

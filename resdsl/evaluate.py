@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import OptionError
+from .errors import InputError, OptionError
 from .options import EvalOptions
 from .progress import Progress
 
@@ -99,6 +99,10 @@ def evaluate(directory: str | Path, options: EvalOptions, progress: Progress | N
     art = load(d, threads=options.threads, providers=options.providers)
     m = art.manifest
     spec = from_resolved(m.spec["resolved"], str(d / "manifest.json"))
+    if not spec.has_head:
+        raise InputError(f"{d}: its net returns {', '.join(spec.outputs)} (feature maps for a detector or "
+                         "segmenter), not logits, so there is no top-1 to evaluate; compile a spec whose outputs "
+                         "include logits to evaluate it, or check the backbone with resdsl verify")
     if data is None:
         with progress.step(f"reading {options.data}"):
             ds = load_dataset(options.data, classes=spec.classes, size=spec.in_size, channels=spec.in_channels,

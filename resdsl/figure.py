@@ -80,6 +80,7 @@ class StagePic:
     items: tuple[Box | Block, ...]
     count: StageCount
     colour: str
+    output: str = ""  # "output, stride 16" when the net returns this stage's feature map
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,9 @@ def node_text(node: Node) -> str | None:
         return None
     if op == "conv":
         k, g = a.get("kernel", "?"), a.get("groups", 1)
-        return f"{k}x{k} conv, {a.get('out_channels', node.shape[0])}{_stride(node)}" + (f", g={g}" if g != 1 else "")
+        d = a.get("dilation", 1)
+        return (f"{k}x{k} conv, {a.get('out_channels', node.shape[0])}{_stride(node)}" + (f", g={g}" if g != 1 else "")
+                + (f", dil {d}" if d != 1 else ""))
     if op in ("maxpool", "avgpool"):
         k = a.get("kernel", "?")
         return f"{k}x{k} {op[:3]} pool{_stride(node)}"
@@ -189,8 +192,9 @@ def picture(spec: Spec, graph: Graph, report: FlopReport) -> Picture:
             if j < 2:
                 items[n.stage].append(_block(units[n.block], len(order) - 1 if j == 1 else 1, j + 1))
     counts = {s.name: s for s in report.stages}
+    returned = {o.name: f"\u2192 output, stride {o.stride}" for o in graph.outputs if o.stride}
     stages = tuple(StagePic(st, tuple(items.get(st, [])), counts[st],
-                            "#e2e2e2" if st == "head" else STAGE_COLOURS[i % len(STAGE_COLOURS)])
+                            "#e2e2e2" if st == "head" else STAGE_COLOURS[i % len(STAGE_COLOURS)], returned.get(st, ""))
                    for i, st in enumerate(graph.stages) if st in counts)
     return Picture(spec.name, _subtitle(spec, graph, report), f"input {_dims(graph.input.shape)}", stages)
 
@@ -226,7 +230,8 @@ def stage_lines(stage: StagePic) -> tuple[str, str, str]:
     c = stage.count
     n = c.blocks
     shape = f"{n} block{'s' if n != 1 else ''} \u2192 {_dims(c.out_shape)}" if n else f"output {_dims(c.out_shape)}"
-    return stage.name, shape, f"{gmacs(c.macs)} \u00b7 {params(c.params)}"
+    name = f"{stage.name} {stage.output}" if stage.output else stage.name
+    return name, shape, f"{gmacs(c.macs)} \u00b7 {params(c.params)}"
 
 
 @dataclass

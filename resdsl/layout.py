@@ -42,7 +42,9 @@ def state_layout(graph: Graph) -> Layout:
 #: What a state_dict cannot show: keys of a spec that change the function but not one key or shape of the weights.
 INVISIBLE = {"downsample": "where a bottleneck strides (1x1 or 3x3)", "shortcut": "the shortcut (option A's "
              "zero-padded identity or none: a plain net)", "stem": "the stem's stride or pool",
-             "input": "the input size and normalisation"}
+             "input": "the input size and normalisation",
+             "output_stride": "output_stride (later stages dilated instead of strided)",
+             "outputs": "which stages' feature maps the net returns"}
 
 
 def fits_hint(fits: list[str]) -> str:

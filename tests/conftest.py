@@ -18,6 +18,19 @@ INVALID_SPECS = sorted((SPECS / "invalid").glob("*.yaml"))
 #: Nets too deep to run through torch on every CI run at full size.
 DEEP = {"resnet1202.yaml", "resnet1001.yaml"}
 
+#: A tiny backbone (basic blocks, two outputs, conv4_x dilated to keep stride 8) for tests of what consumes
+#: several outputs and a size range (examples, Triton).
+TINY_BACKBONE = """
+resdsl: 1
+name: tiny-backbone
+block: basic
+input: {size: 32}
+stem: {conv: {channels: 8, kernel: 3, stride: 2}, pool: {}}
+stages: [{width: 8, blocks: 1}, {width: 16, blocks: 1, stride: 2}, {width: 16, blocks: 1, stride: 2}]
+outputs: [conv3_x, conv4_x]
+output_stride: 8
+"""
+
 
 def spec_id(p: Path) -> str:
     return str(p.relative_to(SPECS))

@@ -292,3 +292,42 @@ def test_flops_does_not_import_torch_for_a_backbone() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_draw_marks_the_returned_stages_and_the_dilations() -> None:
+    from resdsl.figure import Block, node_text, picture, stage_lines
+
+    spec = load(SPECS / "backbones" / "deeplab-resnet101-os8.yaml")
+    graph = expand(spec)
+    pic = picture(spec, graph, count(graph))
+    names = [stage_lines(s)[0] for s in pic.stages]
+    assert names == ["conv1", "conv2_x", "conv3_x", "conv4_x \u2192 output, stride 8",
+                     "conv5_x \u2192 output, stride 8"]
+    texts = {s.name: [b.text for item in s.items if isinstance(item, Block) for b in item.boxes] for s in pic.stages}
+    assert "3x3 conv, 256, dil 2" in texts["conv4_x"] and "3x3 conv, 256" in texts["conv4_x"]  # first unit: 1
+    assert "3x3 conv, 512, dil 2" in texts["conv5_x"] and "3x3 conv, 512, dil 4" in texts["conv5_x"]
+    assert node_text(graph.node("layer2.0.conv2")) == "3x3 conv, 128, /2"
+
+
+def test_bench_times_a_size_inside_the_range_and_counts_it_there(ranged: Path) -> None:
+    from dataclasses import replace
+
+    from resdsl.benchmark import bench
+    from resdsl.options import BenchOptions
+
+    r = bench(ranged, BenchOptions(size="41x27", iterations=2, warmup=0))
+    spec = load(SPECS / "cifar" / "resnet20.yaml")
+    assert r.input_size == [41, 27] and r.gmacs == round(count(expand(replace(spec, in_size=(41, 27)))).macs / 1e9, 4)
+    assert "at 41x27" in r.table()
+    with pytest.raises(OptionError, match=r"outside .* input sizes 24x24 to 48x40"):
+        bench(ranged, BenchOptions(size="60x60", iterations=1))
+
+
+def test_evaluate_refuses_a_net_without_logits(tmp_path: Path, digits: Path) -> None:
+    from resdsl.evaluate import evaluate
+    from resdsl.options import EvalOptions
+
+    out, _ = compile_spec(SPECS / "backbones" / "resnet50-fpn.yaml", CompileOptions(out=tmp_path / "a",
+                                                                                     size="32x32", batch="1"))
+    with pytest.raises(InputError, match=r"returns conv2_x, conv3_x, conv4_x, conv5_x .* not logits"):
+        evaluate(out, EvalOptions(data=digits))

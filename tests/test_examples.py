@@ -16,7 +16,7 @@ import pytest
 
 from resdsl.runtime import load as load_artefact
 
-from .conftest import ROOT, SPECS
+from .conftest import ROOT, SPECS, TINY_BACKBONE
 
 EXAMPLE = ROOT / "examples" / "python" / "classify.py"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -136,3 +136,46 @@ def test_missing_artefact_and_usage_are_clean(tmp_path: Path) -> None:
     assert r.stderr.startswith(f"cannot load {tmp_path / 'nope'}: ") and len(r.stderr.splitlines()) == 1
     r = classify()
     assert r.returncode == 2 and "usage" not in r.stdout and "INPUT.npy" in r.stderr and "Traceback" not in r.stderr
+
+
+FEATURES = ROOT / "examples" / "python" / "features.py"
+
+
+def test_features_example_prints_every_output_at_the_input_s_own_size(tmp_path: Path) -> None:
+    """A backbone over a size range: an input of another size inside it gives each feature map at that size, its
+    stride from the manifest and statistics equal to the torch module's (built from the spec and the seed, not
+    through the artefact); a size outside the range is one line and exit 2; a PNG is fitted into the range."""
+    import torch
+
+    from resdsl import build
+    from resdsl.pipeline import CompileOptions, compile_spec
+
+    spec = tmp_path / "bb.yaml"
+    spec.write_text(TINY_BACKBONE)
+    art, _ = compile_spec(spec, CompileOptions(out=tmp_path / "bb", size="24x24:32x32:64x64"))
+    x = np.random.default_rng(0).standard_normal((1, 3, 45, 30)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x[0])
+    r = subprocess.run([sys.executable, str(FEATURES), str(art), str(tmp_path / "x.npy")], capture_output=True,
+                       text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with torch.no_grad():
+        want = build(spec, seed=0).eval()(torch.from_numpy(x))
+    lines = r.stdout.splitlines()
+    assert lines[0] == "input 1x3x45x30"
+    for line, (name, value) in zip(lines[1:], want.items(), strict=True):
+        got_name, shape, _, stride, _, mean, _, peak = line.split()
+        assert (got_name, shape, stride) == (name, "x".join(map(str, value.shape)), "8")
+        assert float(mean) == pytest.approx(float(value.mean()), rel=1e-4, abs=1e-6)
+        assert float(peak) == pytest.approx(float(value.max()), rel=1e-4)
+    np.save(tmp_path / "big.npy", np.zeros((3, 80, 40), np.float32))
+    r = subprocess.run([sys.executable, str(FEATURES), str(art), str(tmp_path / "big.npy")], capture_output=True,
+                       text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "input size 80x40 is outside" in r.stderr and len(r.stderr.splitlines()) == 1
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((200, 100, 3), np.uint8)).save(tmp_path / "tall.png")
+    r = subprocess.run([sys.executable, str(FEATURES), str(art), str(tmp_path / "tall.png")], capture_output=True,
+                       text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "input 1x3x64x32"  # 200x100 scaled into 24..64 keeping its aspect

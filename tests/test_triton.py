@@ -38,7 +38,7 @@ from resdsl.triton import TritonOptions, model_config, write_repository
 from resdsl.triton_cli import add_triton_command
 
 from . import fake_tensorrt
-from .conftest import ROOT
+from .conftest import ROOT, TINY_BACKBONE
 from .test_trt_backend import GPU
 
 SCHEMA_REASON = "Triton's config schema (model_config_pb2) ships with tritonclient: pip install 'tritonclient[grpc]'"
@@ -506,16 +506,6 @@ def test_client_refuses_a_wrong_shape(arts: dict[str, Path], schema: Any, tmp_pa
     assert "found shape (1, 3, 32, 32), but the model takes (C, H, W) = (3, 16, 16)" in capsys.readouterr().err
 
 
-BACKBONE = """
-resdsl: 1
-name: tiny-backbone
-block: basic
-input: {size: 32}
-stem: {conv: {channels: 8, kernel: 3, stride: 2}, pool: {}}
-stages: [{width: 8, blocks: 1}, {width: 16, blocks: 1, stride: 2}, {width: 16, blocks: 1, stride: 2}]
-outputs: [conv3_x, conv4_x]
-output_stride: 8
-"""
 
 
 def test_a_backbone_over_a_size_range_gets_one_output_entry_each_with_symbolic_sides(schema: Any,
@@ -527,7 +517,7 @@ def test_a_backbone_over_a_size_range_gets_one_output_entry_each_with_symbolic_s
     from resdsl.pipeline import compile_spec
 
     spec = tmp_path / "bb.yaml"
-    spec.write_text(BACKBONE)
+    spec.write_text(TINY_BACKBONE)
     art, _ = compile_spec(spec, CompileOptions(out=tmp_path / "bb", batch="1:2:4", size="24x24:32x32:48x48"))
     model = write_repository([art], tmp_path / "repo", TritonOptions())[0]
     cfg, _ = check_model(schema, model, art)

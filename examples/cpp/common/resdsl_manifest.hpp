@@ -75,9 +75,18 @@ inline TensorInfo tensor_info(const Json& manifest, const std::string& which) {
   const Json& list = at(manifest, which);
   if (!list.is_array() || list.empty())
     throw std::runtime_error("manifest.json: '" + which + "' is empty; compile the artefact again");
+  if (list.size() != 1)
+    throw std::runtime_error("manifest.json: '" + which + "' has " + std::to_string(list.size()) +
+                             " entries (a backbone's feature maps); these examples read one input and the logits: "
+                             "serve it from Python (examples/python/features.py) or Triton");
   const Json& t = list[0];
   TensorInfo info{get<std::string>(t, "name"), get<std::string>(t, "dtype"), {}};
   for (const Json& d : at(t, "shape")) info.shape.push_back(d.is_number_integer() ? d.get<int64_t>() : -1);
+  for (size_t i = 1; i < info.shape.size(); ++i)
+    if (info.shape[i] < 0)
+      throw std::runtime_error("manifest.json: '" + which + "' " + info.name + " has a height or width that varies "
+                               "(compiled with --size MIN:OPT:MAX); these examples take one fixed size: compile "
+                               "with --size HxW, or serve it from Python or Triton");
   return info;
 }
 
