@@ -153,7 +153,7 @@ def bench(directory: str | Path, options: BenchOptions, progress: Progress | Non
     result = BenchResult(str(directory), _summary(m), art.backend, timing, machine(art.backend),
                          _versions(art.backend), peak)
     rng = np.random.default_rng(0)
-    chw = [int(m.input.shape[1]), *_size(m, options.size, directory)]
+    chw = [int(m.input.shape[1]), *_size(m, options.bench_size, directory)]
     result.input_size = chw[1:]
     macs = _macs_at(m, (chw[1], chw[2]))
     result.gmacs = round(macs / 1e9, 4)
@@ -181,7 +181,7 @@ def _size(m: mf.Manifest, size: tuple[int, int] | None, directory: str | Path) -
     if size is None:
         return opt
     if not (lo[0] <= size[0] <= hi[0] and lo[1] <= size[1] <= hi[1]):
-        raise OptionError(f"{{size}} {size[0]}x{size[1]}: outside {directory}'s input sizes {lo[0]}x{lo[1]} to "
+        raise OptionError(f"{{bench_size}} {size[0]}x{size[1]}: outside {directory}'s input sizes {lo[0]}x{lo[1]} to "
                           f"{hi[0]}x{hi[1]}; choose a size within them or compile with a wider --size MIN:OPT:MAX")
     return size
 

@@ -31,7 +31,8 @@ FLAGS = {"target": "--target", "out": "-o", "weights": "--weights", "precision":
          "max_queue_delay_us": "--max-queue-delay-us", "instances": "--instances", "kind": "--kind",
          "cuda_graphs": "--cuda-graphs", "dynamic_batching": "--dynamic-batching", "resize": "--resize",
          "random_weights_ok": "--random-weights", "fallback": "--no-fallback",
-         "sensitivity_samples": "--sensitivity-samples", "size": "--size"}
+         "sensitivity_samples": "--sensitivity-samples", "size": "--size",
+         "bench_size": "--size"}
 _TRT = ("workspace_mib", "opt_level", "timing_cache", "tf32", "version_compatible")
 
 
@@ -141,7 +142,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     opts = BenchOptions(batches=batch_list(args.batch, "batches"), warmup=args.warmup, iterations=args.iterations,
                         duration=args.duration, threads=args.threads,
                         providers=(args.provider,) if args.provider else None, cuda_graph=args.cuda_graph,
-                        size=args.size)
+                        bench_size=args.size)
     result = bench(args.directory, opts, Progress(quiet=args.quiet or args.json))
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
     return 0

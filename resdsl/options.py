@@ -330,11 +330,11 @@ class BenchOptions:
     threads: int | None = None
     providers: tuple[str, ...] | None = None
     cuda_graph: bool = False
-    size: tuple[int, int] | None = None  # input height and width within the artefact's range; None: its opt size
+    bench_size: tuple[int, int] | None = None  # input height and width within the artefact's range; None: its opt
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, str):
-            object.__setattr__(self, "size", parse_size(self.size))
+        if isinstance(self.bench_size, str):
+            object.__setattr__(self, "bench_size", parse_size(self.bench_size))
         if any(not isinstance(b, int) or b < 1 for b in self.batches):
             raise OptionError(f"{{batches}} {self.batches}: batch sizes must be at least 1, e.g. 1,8,32")
         if self.warmup < 0 or (self.iterations is not None and self.iterations < 1):

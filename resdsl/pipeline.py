@@ -42,7 +42,7 @@ def compile_spec(spec_path: str | Path, opts: CompileOptions, progress: Progress
         raise OptionError(f"{{precision}} {opts.precision}: the {opts.target} target writes "
                           f"{' or '.join(targets[-1].PRECISIONS)} only")
     spec = _sized(load(spec_path), opts, str(spec_path))
-    _refuse_for_outputs(spec, opts, targets)
+    _refuse_for_outputs(spec, opts)
     graph = expand(spec)
     counts = count(graph)
     check(counts, str(spec_path), opts.limits)
@@ -187,22 +187,15 @@ def _sized(spec: Spec, opts: CompileOptions, source: str) -> Spec:
     return from_resolved(doc, source)
 
 
-def _refuse_for_outputs(spec: Spec, opts: CompileOptions, targets: Any) -> None:
-    """What needs logits (the accuracy check, int8's calibration and budget), and the targets that do not yet
-    carry several outputs or a size range, are refused before any work."""
+def _refuse_for_outputs(spec: Spec, opts: CompileOptions) -> None:
+    """What needs logits (the accuracy check, int8's calibration and budget) is refused for a backbone before any
+    work."""
     if not spec.has_head:
         for given, what in ((opts.eval_data, "--eval-data (top-1 on labelled images)"),
                             (opts.precision == "int8" or None, "--precision int8 (calibrated and judged by top-1)")):
             if given:
                 raise OptionError(f"{what}: {spec.source} returns {', '.join(spec.outputs)}, not logits, so there is "
                                   "no top-1 to check; add logits to its outputs, or compile at fp32 or fp16")
-    several = len(spec.outputs) > 1
-    ranged = opts.size is not None and opts.size.dynamic
-    for t in targets:
-        if t.NAME == "aoti" and (several or ranged):
-            what = "several outputs" if several else "a size range"
-            raise OptionError(f"{{target}} {opts.target}: {spec.source} asks for {what}, which the {t.NAME} target "
-                              "does not carry yet; compile it with --target onnx (or trt)")
 
 
 def _manifest(spec: Spec, graph: Any, source: str, opts: CompileOptions, counts: FlopReport,

@@ -157,3 +157,25 @@ def test_bench_times_the_package(tmp_path_factory: pytest.TempPathFactory) -> No
     assert all(r.min_ms <= r.p50_ms <= r.max_ms and r.images_per_s > 0 for r in result.results)
     with pytest.raises(OptionError, match=r"BenchOptions\.batches 5: outside"):
         bench(out, BenchOptions(batches=(5,), iterations=1))
+
+
+def test_a_backbone_over_a_size_range(tmp_path: Path) -> None:
+    """Several outputs and dynamic height and width in one package: verified at the range's sizes, and at a size
+    it was not verified at every output equals the module's; a size outside the range is refused."""
+    from .conftest import TINY_BACKBONE
+
+    spec = tmp_path / "bb.yaml"
+    spec.write_text(TINY_BACKBONE)
+    out, m = compile_spec(spec, CompileOptions(target="aoti", out=tmp_path / "bb", batch="1:2:4",
+                                               size="24x24:32x32:48x40", aoti=AotiOptions("cpu")))
+    assert m.section("aoti")["size_range"] == [[24, 24], [48, 40]]
+    assert {tuple(c["size"]) for c in m.verification["checks"]} == {(24, 24), (32, 32), (48, 40), (37, 33)}
+    x = np.random.default_rng(3).standard_normal((3, 3, 45, 29)).astype(np.float32)
+    with torch.no_grad():
+        want = build(spec, seed=0).eval()(torch.from_numpy(x))
+    got = load_artefact(out)(x)
+    assert list(got) == ["conv3_x", "conv4_x"]
+    for k, v in want.items():
+        assert got[k].shape == tuple(v.shape) and _rel(got[k], v.numpy()) <= 1e-4, k
+    with pytest.raises(InputError, match="outside"):
+        load_artefact(out)(np.zeros((1, 3, 50, 30), np.float32))

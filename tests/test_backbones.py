@@ -228,8 +228,6 @@ def test_what_needs_logits_is_refused_for_a_backbone(tmp_path: Path) -> None:
     with pytest.raises(OptionError, match=r"--precision int8 .* not logits"):
         compile_spec(spec, CompileOptions(out=tmp_path / "a", precision="int8", calibration=tmp_path,
                                           random_weights_ok=True))
-    with pytest.raises(OptionError, match="several outputs, which the aoti target does not carry yet"):
-        compile_spec(spec, CompileOptions(target="aoti", out=tmp_path / "a"))
     assert not (tmp_path / "a").exists()
 
 
@@ -315,12 +313,12 @@ def test_bench_times_a_size_inside_the_range_and_counts_it_there(ranged: Path) -
     from resdsl.benchmark import bench
     from resdsl.options import BenchOptions
 
-    r = bench(ranged, BenchOptions(size="41x27", iterations=2, warmup=0))
+    r = bench(ranged, BenchOptions(bench_size="41x27", iterations=2, warmup=0))
     spec = load(SPECS / "cifar" / "resnet20.yaml")
     assert r.input_size == [41, 27] and r.gmacs == round(count(expand(replace(spec, in_size=(41, 27)))).macs / 1e9, 4)
     assert "at 41x27" in r.table()
-    with pytest.raises(OptionError, match=r"outside .* input sizes 24x24 to 48x40"):
-        bench(ranged, BenchOptions(size="60x60", iterations=1))
+    with pytest.raises(OptionError, match=r"BenchOptions.bench_size 60x60: outside .* input sizes 24x24 to 48x40"):
+        bench(ranged, BenchOptions(bench_size="60x60", iterations=1))
 
 
 def test_evaluate_refuses_a_net_without_logits(tmp_path: Path, digits: Path) -> None:
@@ -331,3 +329,43 @@ def test_evaluate_refuses_a_net_without_logits(tmp_path: Path, digits: Path) -> 
                                                                                      size="32x32", batch="1"))
     with pytest.raises(InputError, match=r"returns conv2_x, conv3_x, conv4_x, conv5_x .* not logits"):
         evaluate(out, EvalOptions(data=digits))
+
+
+FAMILIES = ["cifar/resnet20", "cifar/plain20", "preact/resnet164", "resnet34-c", "fashion/resnet20-se-d",
+            "timm/ecaresnet50d", "timm/seresnext50_32x4d", "resnet50"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_as_a_dilated_backbone_with_logits_through_onnx(name: str, tmp_path: Path) -> None:
+    """Every block, shortcut (A, B, C, D, none), stem and attention as a backbone: all stages and the logits
+    returned, the last strided stage dilated; at two sizes of a symbolic-size ONNX model every output equals the
+    torch module's (at most two units per stage, inputs up to 64 pixels)."""
+    from resdsl.backends import onnx as ob
+
+    from .test_onnx_backend import rel_err, trained_looking
+
+    base = load(SPECS / f"{name}.yaml")
+    doc = json.loads(json.dumps(base.resolved))
+    doc["stages"] = [{**s, "blocks": min(s["blocks"], 2)} for s in doc["stages"]]
+    doc.pop("expect", None)
+    names = [s.name for s in base.stages]
+    strides = [s.stride for s in base.stages]
+    net = base.stem_stride()
+    reached = [net := net * s for s in strides]
+    doc.update(outputs=[*names, "logits"], output_stride=reached[-2])  # the last strided stage dilates
+    spec = from_resolved(doc, base.source)
+    graph = expand(spec)
+    assert [o.stride for o in graph.outputs[:-1]] == [min(r, reached[-2]) for r in reached]
+    assert any(n.attrs.get("dilation", 1) == 2 for n in graph.nodes)
+    model = trained_looking(spec).eval()
+    info = ob.export(model, tmp_path / "m.onnx", dynamic_size=True)
+    sess = ob.session(info.path, providers=["CPUExecutionProvider"])
+    c = spec.in_channels
+    for h, w in ((40, 56), (33, 47)):
+        x = np.random.default_rng(h).standard_normal((2, c, h, w)).astype(np.float32)
+        with torch.no_grad():
+            want = model(torch.from_numpy(x))
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x}), strict=True))
+        assert list(got) == [*names, "logits"]
+        for k, v in want.items():
+            assert got[k].shape == tuple(v.shape) and rel_err(got[k], v.numpy()) < 1e-5, (name, k, h, w)

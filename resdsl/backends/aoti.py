@@ -109,27 +109,38 @@ def boundary(model: Any, precision: str, io: str) -> Any:
             super().__init__()
             self.net = inner
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y: torch.Tensor = self.net(x.to(compute))
-            return y.to(outer)
+        def forward(self, x: torch.Tensor) -> Any:
+            y = self.net(x.to(compute))
+            return {k: v.to(outer) for k, v in y.items()} if isinstance(y, dict) else y.to(outer)
 
     return Cast().eval()
 
 
-def export(module: Any, chw: tuple[int, ...], batch: tuple[int, int, int], dtype: Any, device: str) -> Any:
-    """``torch.export`` with a dynamic batch dimension ``batch[0]..batch[2]`` when the two differ."""
+def export(module: Any, chw: tuple[int, ...], batch: tuple[int, int, int], dtype: Any, device: str,
+           size: Any = None) -> Any:
+    """``torch.export`` with a dynamic batch dimension ``batch[0]..batch[2]`` when the two differ, and dynamic
+    height and width over ``size`` (a :class:`resdsl.options.SizeProfile` range; the example at its opt size)."""
     import torch
     import torch._dynamo.exc
 
     dynamic = batch[0] != batch[2]
-    example = torch.zeros(max(2, batch[0]) if dynamic else batch[0], *chw, dtype=dtype, device=device)
-    shapes = ({0: torch.export.Dim("batch", min=batch[0], max=batch[2])},) if dynamic else None
+    ranged = size is not None and size.dynamic
+    c, h, w = chw if not ranged else (chw[0], *size.opt)
+    example = torch.zeros(max(2, batch[0]) if dynamic else batch[0], c, h, w, dtype=dtype, device=device)
+    dims: dict[int, Any] = {}
+    if dynamic:
+        dims[0] = torch.export.Dim("batch", min=batch[0], max=batch[2])
+    if ranged:
+        dims[2] = torch.export.Dim("height", min=size.min[0], max=size.max[0])
+        dims[3] = torch.export.Dim("width", min=size.min[1], max=size.max[1])
     try:
         with torch.no_grad(), _without_torch_internal_warnings():
-            return torch.export.export(module, (example,), dynamic_shapes=shapes)
-    except torch._dynamo.exc.UserError as e:  # constraint violations: the batch range cannot stay dynamic
-        raise InputError(f"--batch {batch[0]}:{batch[1]}:{batch[2]}: torch.export cannot keep the batch dimension "
-                         f"dynamic over this range ({str(e).splitlines()[0]}); compile a fixed --batch N") from None
+            return torch.export.export(module, (example,), dynamic_shapes=(dims,) if dims else None)
+    except torch._dynamo.exc.UserError as e:  # constraint violations: the range cannot stay dynamic
+        what = "the batch and size ranges" if ranged else "the batch range"
+        raise InputError(f"--batch {batch[0]}:{batch[1]}:{batch[2]}{f' --size {size}' if ranged else ''}: "
+                         f"torch.export cannot keep {what} dynamic ({str(e).splitlines()[0]}); compile a fixed "
+                         "--batch N (and --size HxW)") from None
 
 
 NAME, BASE, PRECISIONS = "aoti", None, ("fp32", "fp16")
@@ -156,8 +167,11 @@ def write(stage: Path, model: Any, spec: Any, options: CompileOptions, progress:
     path = stage / PACKAGE
     module = boundary(model, options.precision, options.io).to(device)
     what = f"batch {b.min}..{b.max}" if b.dynamic else f"batch {b.min}"
+    if options.size is not None and options.size.dynamic:
+        what += f", size {options.size}"
     with progress.step(f"exporting with torch.export ({what}, {options.precision}, {device})"):
-        program = export(module, (spec.in_channels, *spec.in_size), (b.min, b.opt, b.max), io_dtype, device)
+        program = export(module, (spec.in_channels, *spec.in_size), (b.min, b.opt, b.max), io_dtype, device,
+                         options.size)
     step = f"compiling with AOTInductor for {device} (a minute or more: Inductor runs a C++ build)"
     with progress.step(step), _without_torch_internal_warnings():
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
@@ -166,6 +180,8 @@ def write(stage: Path, model: Any, spec: Any, options: CompileOptions, progress:
         torch.cuda.empty_cache()
     info: dict[str, Any] = {"device": device, "torch": torch.__version__, "dynamic_batch": b.dynamic,
                             "batch_range": [b.min, b.max]}
+    if options.size is not None and options.size.dynamic:
+        info["size_range"] = [list(options.size.min), list(options.size.max)]
     if device == "cuda":
         info.update(_gpu(), cuda=str(torch.version.cuda))
     return Written((PACKAGE,), sections={"aoti": info}, packages=("torch", "numpy"))
@@ -176,11 +192,11 @@ class Runner:
 
     backend = "aoti"
 
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, fn: Callable[[np.ndarray], Any]) -> None:
         self._fn = fn
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self._fn(x)
+    def __call__(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        return self._fn(x)  # type: ignore[no-any-return]
 
 
 def open(directory: Path, manifest: Manifest, threads: int | None = None, providers: Sequence[str] | None = None
@@ -231,8 +247,9 @@ def check_compatible(manifest: Manifest, where: Path) -> str:
     return device
 
 
-def load(path: str | Path, manifest: Manifest) -> Callable[[np.ndarray], np.ndarray]:
-    """Open ``model.pt2`` after :func:`check_compatible`; return numpy (N, C, H, W) -> numpy logits."""
+def load(path: str | Path, manifest: Manifest) -> Callable[[np.ndarray], Any]:
+    """Open ``model.pt2`` after :func:`check_compatible`; return numpy (N, C, H, W) -> numpy logits, or a dict of
+    arrays by output name when the net has several outputs."""
     import torch
     import torch._inductor
 
@@ -241,13 +258,19 @@ def load(path: str | Path, manifest: Manifest) -> Callable[[np.ndarray], np.ndar
     if not path.is_file():
         raise InputError(f"{path}: no such AOTInductor package; compile one with `resdsl compile --target aoti`")
     compiled = torch._inductor.aoti_load_package(str(path))
+    names = [t.name for t in manifest.outputs]
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: np.ndarray) -> Any:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
         with torch.no_grad():
             out = compiled(t)
-        out = out[0] if isinstance(out, (list, tuple)) else out
-        logits: np.ndarray = out.float().cpu().numpy()
-        return logits
+        if isinstance(out, dict):
+            out = [out[n] for n in names]
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        if len(outs) != len(names):
+            raise InputError(f"{path}: the package returned {len(outs)} outputs, its manifest lists {names}; "
+                             "compile the artefact again")
+        arrays = [o.float().cpu().numpy() for o in outs]
+        return arrays[0] if len(names) == 1 else dict(zip(names, arrays, strict=True))
 
     return run
