@@ -369,3 +369,10 @@ def test_every_family_as_a_dilated_backbone_with_logits_through_onnx(name: str, 
         assert list(got) == [*names, "logits"]
         for k, v in want.items():
             assert got[k].shape == tuple(v.shape) and rel_err(got[k], v.numpy()) < 1e-5, (name, k, h, w)
+
+
+def test_a_size_range_with_torch_s_exporter_is_refused_before_any_work(tmp_path: Path, cli: Any) -> None:
+    r = cli("compile", str(SPECS / "cifar" / "resnet20.yaml"), "--exporter", "torch", "--size", "24x24:32x32:40x40",
+            "-o", str(tmp_path / "a"))
+    assert r.returncode == 2 and "--exporter torch with --size 24x24:32x32:40x40" in r.stderr
+    assert "building" not in r.stderr and not (tmp_path / "a").exists()

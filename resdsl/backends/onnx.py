@@ -39,6 +39,9 @@ def check_environment(options: CompileOptions) -> None:
     onnxscript only for torch's exporter (its import alone takes 0.7 s)."""
     for module in ("onnx", "onnxruntime", *(("onnxscript",) if options.exporter == "torch" else ())):
         need(module)
+    if options.exporter == "torch" and options.size is not None and options.size.dynamic:
+        raise OptionError(f"{{exporter}} torch with {{size}} {options.size}: symbolic height and width are written "
+                          "by the ir exporter only; leave {exporter} out (ir is the default), or give one {size} HxW")
     onnx = need("onnx")
     newest = onnx.defs.onnx_opset_version()
     if options.opset > newest:
