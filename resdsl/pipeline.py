@@ -190,12 +190,13 @@ def _sized(spec: Spec, opts: CompileOptions, source: str) -> Spec:
 def _refuse_for_outputs(spec: Spec, opts: CompileOptions) -> None:
     """What needs logits (the accuracy check, int8's calibration and budget) is refused for a backbone before any
     work."""
-    if not spec.has_head:
-        for given, what in ((opts.eval_data, "--eval-data (top-1 on labelled images)"),
-                            (opts.precision == "int8" or None, "--precision int8 (calibrated and judged by top-1)")):
-            if given:
-                raise OptionError(f"{what}: {spec.source} returns {', '.join(spec.outputs)}, not logits, so there is "
-                                  "no top-1 to check; add logits to its outputs, or compile at fp32 or fp16")
+    if spec.has_head:
+        return
+    for given, what in ((opts.eval_data is not None, "{eval_data} (top-1 on labelled images)"),
+                        (opts.precision == "int8", "{precision} int8 (calibrated and judged by top-1)")):
+        if given:
+            raise OptionError(f"{what}: {spec.source} returns {', '.join(spec.outputs)}, not logits, so there is "
+                              "no top-1 to check; add logits to its outputs, or compile at fp32 or fp16")
 
 
 def _manifest(spec: Spec, graph: Any, source: str, opts: CompileOptions, counts: FlopReport,

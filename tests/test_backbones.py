@@ -223,9 +223,10 @@ def test_a_cifar_net_dilates_below_its_own_stride_and_keeps_its_logits() -> None
 
 def test_what_needs_logits_is_refused_for_a_backbone(tmp_path: Path) -> None:
     spec = SPECS / "backbones" / "resnet50-fpn.yaml"
-    with pytest.raises(OptionError, match=r"--eval-data .* returns conv2_x, conv3_x, conv4_x, conv5_x, not logits"):
+    with pytest.raises(OptionError, match=r"CompileOptions.eval_data .* returns conv2_x, conv3_x, conv4_x, conv5_x, "
+                                          r"not logits"):
         compile_spec(spec, CompileOptions(out=tmp_path / "a", eval_data=tmp_path, random_weights_ok=True))
-    with pytest.raises(OptionError, match=r"--precision int8 .* not logits"):
+    with pytest.raises(OptionError, match=r"CompileOptions.precision int8 .* not logits"):
         compile_spec(spec, CompileOptions(out=tmp_path / "a", precision="int8", calibration=tmp_path,
                                           random_weights_ok=True))
     assert not (tmp_path / "a").exists()
