@@ -104,3 +104,50 @@ def test_cpp_refuses_tampered_package_wrong_torch_and_bad_input(program: Path, t
     assert r.returncode == 1 and "12288 bytes" in r.stderr, r.stderr
     r = _run(program)
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_cpp_prints_every_feature_map_of_a_backbone(program: Path, tmp_path: Path) -> None:
+    """A backbone package (two outputs, height and width over a range): one line per output at the range's opt
+    size, equal to the torch module's feature maps (built from the spec and the seed)."""
+    from resdsl import build
+    from resdsl.options import AotiOptions
+    from resdsl.pipeline import CompileOptions, compile_spec
+
+    from .conftest import TINY_BACKBONE
+
+    spec = tmp_path / "bb.yaml"
+    spec.write_text(TINY_BACKBONE)
+    art, _ = compile_spec(spec, CompileOptions(target="aoti", out=tmp_path / "bb", batch="1:1:2",
+                                               size="24x24:40x32:48x48", aoti=AotiOptions("cpu")))
+    r = _run(program, art)
+    assert r.returncode == 0, r.stderr
+    x = torch.linspace(-1, 1, 3 * 40 * 32).reshape(1, 3, 40, 32)  # the program's default input, at the opt size
+    with torch.no_grad():
+        want = build(spec, seed=0).eval()(x)
+    lines = [line.split() for line in r.stdout.strip().splitlines()]
+    assert [row[0] for row in lines] == list(want)
+    for row, (name, f) in zip(lines, want.items(), strict=True):
+        assert row[1] == "x".join(map(str, f.shape[1:])), name
+        assert float(row[3]) == pytest.approx(float(f.mean()), rel=1e-4, abs=1e-6)
+        assert float(row[5]) == pytest.approx(float(f.max()), rel=1e-4)
+
+
+def _header_dir(name: str, *candidates: str | None) -> Path | None:
+    return next((Path(c) for c in candidates if c and (Path(c) / name).is_file()), None)
+
+
+def test_trt_example_type_checks_against_tensorrt_s_headers() -> None:
+    """examples/cpp/trt compiles (-fsyntax-only) against the installed TensorRT and CUDA headers; skipped where
+    they are not installed (the pip wheels carry no headers)."""
+    trt = _header_dir("NvInfer.h", os.environ.get("TENSORRT_ROOT") and f"{os.environ['TENSORRT_ROOT']}/include",
+                      "/usr/include/x86_64-linux-gnu", "/usr/include", "/usr/local/include")
+    cuda = _header_dir("cuda_runtime_api.h", os.environ.get("CUDA_HOME") and f"{os.environ['CUDA_HOME']}/include",
+                       "/usr/local/cuda/include", "/usr/include")
+    if trt is None or cuda is None or _compiler() is None:
+        pytest.skip("needs TensorRT's and CUDA's C++ headers (NvInfer.h, cuda_runtime_api.h) and a C++ compiler; "
+                    "set TENSORRT_ROOT and CUDA_HOME where they are not in a standard place")
+    r = subprocess.run([_compiler() or "c++", "-std=c++17", "-fsyntax-only", "-Wall", "-Wno-deprecated-declarations",
+                        f"-I{trt}", f"-I{cuda}", f"-I{ROOT / 'examples' / 'cpp' / 'common'}",
+                        str(ROOT / "examples" / "cpp" / "trt" / "main.cpp")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]

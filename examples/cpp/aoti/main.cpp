@@ -1,10 +1,12 @@
 // resdsl_aoti DIR [IMAGE.bin]
 //
 // Runs a resdsl aoti artefact (`resdsl compile --target aoti`) with libtorch and prints the top-5 logits as
-// "index score" lines. DIR/manifest.json gives the input's name, shape and dtype; DIR/model.pt2 is checked
-// against the manifest's sha256 and torch version before it is loaded. IMAGE.bin holds one image as raw
-// little-endian float32 in C*H*W order; without it the input is linspace(-1, 1, C*H*W) reshaped to
-// (1, C, H, W), the same as `torch.linspace(-1, 1, C*H*W).reshape(1, C, H, W)` in Python.
+// "index score" lines; for a backbone (several outputs, or feature maps), one line per output instead:
+// "NAME SHAPE mean M max X" for the first image. DIR/manifest.json gives the input's name, shape and dtype (a
+// height and width that vary are taken at the --size range's opt); DIR/model.pt2 is checked against the
+// manifest's sha256 and torch version before it is loaded. IMAGE.bin holds one image as raw little-endian
+// float32 in C*H*W order; without it the input is linspace(-1, 1, C*H*W) reshaped to (1, C, H, W), the same as
+// `torch.linspace(-1, 1, C*H*W).reshape(1, C, H, W)` in Python.
 // Exit status: 0 ok, 1 failure (message on stderr), 2 usage.
 #include <ATen/ATen.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
@@ -71,7 +73,8 @@ int main(int argc, char** argv) {
                                "no GPU; build against a CUDA torch on a GPU machine, or compile with --device cpu");
     if (device != "cpu" && device != "cuda") throw std::runtime_error("unknown aoti device '" + device + "'");
 
-    const resdsl::TensorInfo in = resdsl::tensor_info(m, "inputs");
+    const resdsl::TensorInfo in = resdsl::input_info(m);
+    const std::vector<resdsl::TensorInfo> outs = resdsl::tensor_infos(m, "outputs");
     at::Tensor x = make_input(in, argc == 3 ? argv[2] : nullptr);
     // A fixed-batch package (--batch N) takes exactly N images: repeat ours and keep the first answer.
     const auto min_batch = resdsl::get<int64_t>(resdsl::at(m, "batch"), "min");
@@ -86,11 +89,23 @@ int main(int argc, char** argv) {
     resdsl::check_file(dir, m, "model.pt2");  // before the package's shared library is loaded
     torch::inductor::AOTIModelPackageLoader loader(dir + "/model.pt2");
     std::vector<at::Tensor> outputs = loader.run({x});
-    if (outputs.empty()) throw std::runtime_error("the package returned no outputs");
-    at::Tensor logits = outputs[0].to(at::kFloat).cpu()[0];
-    auto [scores, indices] = logits.topk(std::min<int64_t>(5, logits.numel()));
-    for (int64_t i = 0; i < scores.numel(); ++i)
-      std::printf("%lld %.9g\n", static_cast<long long>(indices[i].item<int64_t>()), scores[i].item<float>());
+    if (outputs.size() != outs.size())
+      throw std::runtime_error("the package returned " + std::to_string(outputs.size()) + " outputs, the manifest "
+                               "lists " + std::to_string(outs.size()) + "; compile the artefact again");
+    if (outs.size() == 1 && outs[0].shape.size() == 2) {  // a classifier: the top-5 logits
+      at::Tensor logits = outputs[0].to(at::kFloat).cpu()[0];
+      auto [scores, indices] = logits.topk(std::min<int64_t>(5, logits.numel()));
+      for (int64_t i = 0; i < scores.numel(); ++i)
+        std::printf("%lld %.9g\n", static_cast<long long>(indices[i].item<int64_t>()), scores[i].item<float>());
+    } else {  // a backbone: each feature map of the first image, in the manifest's order
+      for (size_t k = 0; k < outs.size(); ++k) {
+        at::Tensor f = outputs[k].to(at::kFloat).cpu()[0];
+        std::string shape;
+        for (int64_t d : f.sizes()) shape += (shape.empty() ? "" : "x") + std::to_string(d);
+        std::printf("%s %s mean %.9g max %.9g\n", outs[k].name.c_str(), shape.c_str(), f.mean().item<float>(),
+                    f.max().item<float>());
+      }
+    }
   } catch (const c10::Error& e) {
     std::fprintf(stderr, "resdsl_aoti: %s\n", e.what_without_backtrace());
     return 1;

@@ -71,23 +71,30 @@ struct TensorInfo {
   }
 };
 
-inline TensorInfo tensor_info(const Json& manifest, const std::string& which) {
+// Every entry of the manifest's "inputs" or "outputs" (a backbone has one output per feature map), a dimension
+// that varies (a name such as "batch" or "conv4_x_height") as -1.
+inline std::vector<TensorInfo> tensor_infos(const Json& manifest, const std::string& which) {
   const Json& list = at(manifest, which);
   if (!list.is_array() || list.empty())
     throw std::runtime_error("manifest.json: '" + which + "' is empty; compile the artefact again");
-  if (list.size() != 1)
-    throw std::runtime_error("manifest.json: '" + which + "' has " + std::to_string(list.size()) +
-                             " entries (a backbone's feature maps); these examples read one input and the logits: "
-                             "serve it from Python (examples/python/features.py) or Triton");
-  const Json& t = list[0];
-  TensorInfo info{get<std::string>(t, "name"), get<std::string>(t, "dtype"), {}};
-  for (const Json& d : at(t, "shape")) info.shape.push_back(d.is_number_integer() ? d.get<int64_t>() : -1);
-  for (size_t i = 1; i < info.shape.size(); ++i)
-    if (info.shape[i] < 0)
-      throw std::runtime_error("manifest.json: '" + which + "' " + info.name + " has a height or width that varies "
-                               "(compiled with --size MIN:OPT:MAX); these examples take one fixed size: compile "
-                               "with --size HxW, or serve it from Python or Triton");
-  return info;
+  std::vector<TensorInfo> out;
+  for (const Json& t : list) {
+    TensorInfo info{get<std::string>(t, "name"), get<std::string>(t, "dtype"), {}};
+    for (const Json& d : at(t, "shape")) info.shape.push_back(d.is_number_integer() ? d.get<int64_t>() : -1);
+    out.push_back(info);
+  }
+  return out;
+}
+
+// The input, with a height and width that vary (compiled with --size MIN:OPT:MAX) taken at the range's opt.
+inline TensorInfo input_info(const Json& manifest) {
+  TensorInfo in = tensor_infos(manifest, "inputs").at(0);
+  if (in.shape.size() == 4 && (in.shape[2] < 0 || in.shape[3] < 0)) {
+    const Json& opt = at(at(manifest, "size"), "opt");
+    in.shape[2] = opt.at(0).get<int64_t>();
+    in.shape[3] = opt.at(1).get<int64_t>();
+  }
+  return in;
 }
 
 // SHA-256 of a whole file, read in 1 MiB chunks, as lowercase hex.

@@ -1,7 +1,9 @@
 // resdsl_trt DIR [IMAGE.bin]
 //
 // Runs a resdsl TensorRT artefact (`resdsl compile --target trt`) with the TensorRT 10/11 C++ runtime and prints
-// the top-5 logits as "index score" lines. Names, shapes and dtypes come from DIR/manifest.json; DIR/model.engine
+// the top-5 logits as "index score" lines; for a backbone (several outputs, or feature maps), one line per output
+// instead: "NAME SHAPE mean M max X" for the first image. Names, shapes and dtypes come from DIR/manifest.json (a
+// height and width that vary are taken at the --size range's opt); DIR/model.engine
 // is checked against the manifest's sha256, TensorRT version and GPU compute capability before it is
 // deserialized (deserializing an engine runs code from it). IMAGE.bin holds one image as raw little-endian
 // float32 in C*H*W order; without it the input is linspace(-1, 1, C*H*W) reshaped to (1, C, H, W).
@@ -146,7 +148,8 @@ int main(int argc, char** argv) {
     const resdsl::Json opts = trt.value("options", resdsl::Json::object());
     const bool version_compatible = opts.value("version_compatible", false);
     check_engine(trt, version_compatible);
-    const resdsl::TensorInfo in = resdsl::tensor_info(m, "inputs"), out = resdsl::tensor_info(m, "outputs");
+    const resdsl::TensorInfo in = resdsl::input_info(m);  // a height and width that vary: the --size range's opt
+    const std::vector<resdsl::TensorInfo> outs = resdsl::tensor_infos(m, "outputs");
 
     resdsl::check_file(dir, m, "model.engine");  // sha256 before deserializing: an engine is executable code
     const std::string blob = resdsl::read_file(dir + "/model.engine");
@@ -159,7 +162,9 @@ int main(int argc, char** argv) {
     std::unique_ptr<nvinfer1::IExecutionContext> context{engine->createExecutionContext()};
     if (!context) throw std::runtime_error("could not create an execution context");
 
-    for (const resdsl::TensorInfo* t : {&in, &out}) {
+    std::vector<const resdsl::TensorInfo*> io{&in};
+    for (const resdsl::TensorInfo& o : outs) io.push_back(&o);
+    for (const resdsl::TensorInfo* t : io) {
       const nvinfer1::DataType dt = engine->getTensorDataType(t->name.c_str());
       const bool ok = engine->getTensorIOMode(t->name.c_str()) != nvinfer1::TensorIOMode::kNONE &&
                       ((t->dtype == "float32" && dt == nvinfer1::DataType::kFLOAT) ||
@@ -176,12 +181,25 @@ int main(int argc, char** argv) {
     for (int32_t i = 0; i < dims.nbDims; ++i) dims.d[i] = i == 0 ? batch : in.shape[size_t(i)];
     if (!context->setInputShape(in.name.c_str(), dims))
       throw std::runtime_error("TensorRT rejected the input shape (batch " + std::to_string(batch) + ")");
-    const nvinfer1::Dims od = context->getTensorShape(out.name.c_str());
-    int64_t out_count = 1;
-    for (int32_t i = 0; i < od.nbDims; ++i) out_count *= od.d[i];
-    const int64_t classes = out_count / batch;
+    // Each output at the shape TensorRT derives from the input's: the logits, or a backbone's feature maps.
+    struct Output {
+      const resdsl::TensorInfo* info;
+      std::vector<int64_t> shape;
+      size_t bytes;
+      std::unique_ptr<DeviceBuffer> device;
+      std::vector<unsigned char> host;
+    };
+    std::vector<Output> outputs;
+    for (const resdsl::TensorInfo& o : outs) {
+      const nvinfer1::Dims od = context->getTensorShape(o.name.c_str());
+      std::vector<int64_t> shape(od.d, od.d + od.nbDims);
+      int64_t count = 1;
+      for (int64_t d : shape) count *= d;
+      const size_t bytes = size_t(count) * (o.dtype == "float16" ? 2 : 4);
+      outputs.push_back({&o, shape, bytes, std::make_unique<DeviceBuffer>(bytes), std::vector<unsigned char>(bytes)});
+    }
 
-    const bool half_in = in.dtype == "float16", half_out = out.dtype == "float16";
+    const bool half_in = in.dtype == "float16";
     std::vector<uint16_t> in16;
     std::vector<float> in32;
     for (int64_t b = 0; b < batch; ++b) {
@@ -189,37 +207,55 @@ int main(int argc, char** argv) {
       else in32.insert(in32.end(), image.begin(), image.end());
     }
     const size_t in_bytes = half_in ? in16.size() * 2 : in32.size() * 4;
-    const size_t out_bytes = size_t(out_count) * (half_out ? 2 : 4);
-    DeviceBuffer d_in(in_bytes), d_out(out_bytes);
+    DeviceBuffer d_in(in_bytes);
     Stream stream;
-    std::vector<unsigned char> host_out(out_bytes);
     cuda_check(cudaMemcpyAsync(d_in.ptr, half_in ? static_cast<const void*>(in16.data()) : in32.data(), in_bytes,
                                cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
     context->setTensorAddress(in.name.c_str(), d_in.ptr);
-    context->setTensorAddress(out.name.c_str(), d_out.ptr);
+    for (Output& o : outputs) context->setTensorAddress(o.info->name.c_str(), o.device->ptr);
     const bool ran = context->enqueueV3(stream);
-    cuda_check(cudaMemcpyAsync(host_out.data(), d_out.ptr, out_bytes, cudaMemcpyDeviceToHost, stream),
-               "cudaMemcpyAsync");
+    for (Output& o : outputs)
+      cuda_check(cudaMemcpyAsync(o.host.data(), o.device->ptr, o.bytes, cudaMemcpyDeviceToHost, stream),
+                 "cudaMemcpyAsync");
     cuda_check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
     if (!ran) throw std::runtime_error("enqueueV3 failed (see TensorRT's messages above)");
 
-    std::vector<float> logits(static_cast<size_t>(classes));  // first image of the batch
-    for (int64_t c = 0; c < classes; ++c) {
-      if (half_out) {
-        uint16_t h;
-        std::memcpy(&h, host_out.data() + 2 * c, 2);
-        logits[size_t(c)] = from_half(h);
-      } else {
-        std::memcpy(&logits[size_t(c)], host_out.data() + 4 * c, 4);
+    // The first image's values of one output, as float.
+    auto first_image = [&](const Output& o) {
+      const size_t n = o.bytes / (o.info->dtype == "float16" ? 2 : 4) / size_t(batch);
+      std::vector<float> v(n);
+      for (size_t c = 0; c < n; ++c) {
+        if (o.info->dtype == "float16") {
+          uint16_t h;
+          std::memcpy(&h, o.host.data() + 2 * c, 2);
+          v[c] = from_half(h);
+        } else {
+          std::memcpy(&v[c], o.host.data() + 4 * c, 4);
+        }
+      }
+      return v;
+    };
+    if (outputs.size() == 1 && outputs[0].shape.size() == 2) {  // a classifier: the top-5 logits
+      const std::vector<float> logits = first_image(outputs[0]);
+      std::vector<int64_t> order(logits.size());
+      std::iota(order.begin(), order.end(), 0);
+      const size_t k = std::min<size_t>(5, order.size());
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](int64_t a, int64_t b) { return logits[size_t(a)] > logits[size_t(b)]; });
+      for (size_t i = 0; i < k; ++i)
+        std::printf("%lld %.9g\n", static_cast<long long>(order[i]), logits[size_t(order[i])]);
+    } else {  // a backbone: each feature map of the first image, in the manifest's order
+      for (const Output& o : outputs) {
+        const std::vector<float> v = first_image(o);
+        std::string shape;
+        for (size_t i = 1; i < o.shape.size(); ++i) shape += (shape.empty() ? "" : "x") + std::to_string(o.shape[i]);
+        double sum = 0;
+        float peak = v.empty() ? 0.0f : v[0];
+        for (float f : v) { sum += f; peak = std::max(peak, f); }
+        std::printf("%s %s mean %.9g max %.9g\n", o.info->name.c_str(), shape.c_str(),
+                    v.empty() ? 0.0 : sum / double(v.size()), peak);
       }
     }
-    std::vector<int64_t> order(logits.size());
-    std::iota(order.begin(), order.end(), 0);
-    const size_t k = std::min<size_t>(5, order.size());
-    std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                      [&](int64_t a, int64_t b) { return logits[size_t(a)] > logits[size_t(b)]; });
-    for (size_t i = 0; i < k; ++i)
-      std::printf("%lld %.9g\n", static_cast<long long>(order[i]), logits[size_t(order[i])]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "resdsl_trt: %s\n", e.what());
     return 1;
