@@ -159,18 +159,33 @@ def test_bench_times_the_package(tmp_path_factory: pytest.TempPathFactory) -> No
         bench(out, BenchOptions(batches=(5,), iterations=1))
 
 
-def test_a_backbone_over_a_size_range(tmp_path: Path) -> None:
-    """Several outputs and dynamic height and width in one package: verified at the range's sizes, and at a size
-    it was not verified at every output equals the module's; a size outside the range is refused."""
+BACKBONE_SIZES = "24x24:40x32:48x48"
+
+
+def aoti_backbone(factory: pytest.TempPathFactory) -> Path:
+    """conftest.TINY_BACKBONE (two outputs) compiled to an aoti CPU artefact over BACKBONE_SIZES with batch 1:1:2,
+    once per test session (test_cpp_example runs it too)."""
     from .conftest import TINY_BACKBONE
 
-    spec = tmp_path / "bb.yaml"
-    spec.write_text(TINY_BACKBONE)
-    out, m = compile_spec(spec, CompileOptions(target="aoti", out=tmp_path / "bb", batch="1:2:4",
-                                               size="24x24:32x32:48x40", aoti=AotiOptions("cpu")))
-    assert m.section("aoti")["size_range"] == [[24, 24], [48, 40]]
-    assert {tuple(c["size"]) for c in m.verification["checks"]} == {(24, 24), (32, 32), (48, 40), (37, 33)}
-    x = np.random.default_rng(3).standard_normal((3, 3, 45, 29)).astype(np.float32)
+    key = Path("TINY_BACKBONE")
+    if key not in _COMPILED:
+        root = factory.mktemp("aoti-backbone")
+        (root / "bb.yaml").write_text(TINY_BACKBONE)
+        compile_spec(root / "bb.yaml", CompileOptions(target="aoti", out=root / "bb", batch="1:1:2",
+                                                      size=BACKBONE_SIZES, aoti=AotiOptions("cpu")))
+        _COMPILED[key] = root / "bb"
+    return _COMPILED[key]
+
+
+def test_a_backbone_over_a_size_range(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Several outputs and dynamic height and width in one package: verified at the range's sizes, and at a size
+    it was not verified at every output equals the module's; a size outside the range is refused."""
+    out = aoti_backbone(tmp_path_factory)
+    spec = out.parent / "bb.yaml"
+    m = read_manifest(out)
+    assert m.section("aoti")["size_range"] == [[24, 24], [48, 48]]
+    assert {tuple(c["size"]) for c in m.verification["checks"]} == {(24, 24), (40, 32), (48, 48), (37, 37)}
+    x = np.random.default_rng(3).standard_normal((2, 3, 45, 29)).astype(np.float32)
     with torch.no_grad():
         want = build(spec, seed=0).eval()(torch.from_numpy(x))
     got = load_artefact(out)(x)

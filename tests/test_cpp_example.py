@@ -106,19 +106,16 @@ def test_cpp_refuses_tampered_package_wrong_torch_and_bad_input(program: Path, t
     assert r.returncode == 2 and "usage" in r.stderr
 
 
-def test_cpp_prints_every_feature_map_of_a_backbone(program: Path, tmp_path: Path) -> None:
+def test_cpp_prints_every_feature_map_of_a_backbone(program: Path, tmp_path_factory: pytest.TempPathFactory
+                                                    ) -> None:
     """A backbone package (two outputs, height and width over a range): one line per output at the range's opt
     size, equal to the torch module's feature maps (built from the spec and the seed)."""
     from resdsl import build
-    from resdsl.options import AotiOptions
-    from resdsl.pipeline import CompileOptions, compile_spec
 
-    from .conftest import TINY_BACKBONE
+    from .test_aoti import aoti_backbone
 
-    spec = tmp_path / "bb.yaml"
-    spec.write_text(TINY_BACKBONE)
-    art, _ = compile_spec(spec, CompileOptions(target="aoti", out=tmp_path / "bb", batch="1:1:2",
-                                               size="24x24:40x32:48x48", aoti=AotiOptions("cpu")))
+    art = aoti_backbone(tmp_path_factory)
+    spec = art.parent / "bb.yaml"
     r = _run(program, art)
     assert r.returncode == 0, r.stderr
     x = torch.linspace(-1, 1, 3 * 40 * 32).reshape(1, 3, 40, 32)  # the program's default input, at the opt size
