@@ -125,8 +125,8 @@ def evaluate(directory: str | Path, options: EvalOptions, progress: Progress | N
     with progress.step(f"running {len(x_all)} images through {art.backend} and the module"), torch.no_grad():
         for xb, n in _batches(x_all, b, m.batch.min):
             x = prep.apply(xb)
-            logits_art.append(art(x.numpy())[:n])
-            logits_mod.append(module(x).numpy()[:n])
+            logits_art.append(_logits(art(x.numpy()))[:n])
+            logits_mod.append(_logits(module(x)).numpy()[:n])
     labels = y_all.numpy()
     a, r = np.concatenate(logits_art), np.concatenate(logits_mod)
     acc_a, acc_r = _accuracy(a, labels), _accuracy(r, labels)
@@ -135,6 +135,12 @@ def evaluate(directory: str | Path, options: EvalOptions, progress: Progress | N
                       ds.describe(prep), acc_r, acc_a,
                       100.0 * float((a.argmax(1) == r.argmax(1)).mean()), acc_r.top1 - acc_a.top1, options.max_drop,
                       m.weights.get("kind") != "file")
+
+
+def _logits(out: Any) -> Any:
+    """The logits of a net's result: the result itself, or its ``logits`` entry when the net returns several
+    outputs (a spec whose ``outputs`` lists stages beside ``logits``)."""
+    return out["logits"] if isinstance(out, dict) else out
 
 
 def _batches(x: Any, b: int, minimum: int) -> Iterator[tuple[Any, int]]:

@@ -377,3 +377,32 @@ def test_a_size_range_with_torch_s_exporter_is_refused_before_any_work(tmp_path:
             "-o", str(tmp_path / "a"))
     assert r.returncode == 2 and "--exporter torch with --size 24x24:32x32:40x40" in r.stderr
     assert "building" not in r.stderr and not (tmp_path / "a").exists()
+
+
+def test_a_net_returning_feature_maps_beside_its_logits_goes_int8_and_is_judged_on_its_logits(
+        tmp_path: Path, digits: Path) -> None:
+    """outputs [conv3_x, logits]: int8 calibrates, ranks layers and checks top-1 on the logits output, and
+    evaluate reads the logits among the outputs: its top-1 equals the one recomputed here from the artefact's
+    logits output on the same preprocessed images."""
+    from resdsl.evaluate import evaluate
+    from resdsl.options import EvalOptions
+
+    base = load(SPECS / "cifar" / "resnet20.yaml")
+    spec = from_resolved({**base.resolved, "outputs": ["conv3_x", "logits"]}, base.source)
+    out, m = compile_spec(_as_yaml(spec, tmp_path), CompileOptions(
+        out=tmp_path / "a", precision="int8", calibration=digits, eval_data=digits, random_weights_ok=True,
+        calibration_samples=64, sensitivity_samples=32))
+    assert [t.name for t in m.outputs] == ["conv3_x", "logits"] and m.verification["accuracy"]["passed"]
+    r = evaluate(out, EvalOptions(data=digits, limit=64))
+    from resdsl.data import preprocessing
+    from resdsl.readers import load_dataset
+
+    ds = load_dataset(digits, classes=10, size=(32, 32), channels=3)
+    x = preprocessing(spec.normalize, ds, None).apply(ds.test_x[:64]).numpy()
+    art = load_artefact(out)
+    parts = [art(x[i:i + 32]) for i in (0, 32)]  # within its batch range, 1..32
+    assert all(list(p) == ["conv3_x", "logits"] for p in parts)
+    logits = np.concatenate([p["logits"] for p in parts])
+    assert logits.shape == (64, 10)
+    top1 = 100.0 * float((logits.argmax(1) == ds.test_y[:64].numpy()).mean())
+    assert r.images == 64 and r.artefact.top1 == pytest.approx(top1)

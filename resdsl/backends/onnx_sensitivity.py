@@ -61,13 +61,15 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     dim = session.get_inputs()[0].shape[0]
     step = dim if isinstance(dim, int) and dim > 0 else 64
+    names = [o.name for o in session.get_outputs()]
+    logits = [names[names.index("logits") if "logits" in names else 0]]  # beside a backbone's feature maps
     out = []
     for i in range(0, len(x), step):
         chunk = x[i:i + step]
         n = len(chunk)
         if isinstance(dim, int) and n < dim:  # a fixed batch axis: pad with copies of the last image
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], dim - n, axis=0)])
-        out.append(session.run(None, {INPUT: chunk})[0][:n].astype(np.float64))
+        out.append(session.run(logits, {INPUT: chunk})[0][:n].astype(np.float64))
     return np.concatenate(out)
 
 
