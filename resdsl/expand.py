@@ -13,6 +13,9 @@ from typing import Any
 from .ir import Graph, Node, Output
 from .spec import LOGITS, Spec
 
+#: the stem's row of Table 1, which ``outputs`` may name for the stem's feature map
+STEM = "conv1"
+
 #: block-local part -> (module path, Table 1 label), e.g. "conv1" -> ("layer2.0.conv1", "conv3_x.0.conv1")
 Namer = Callable[[str], tuple[str, str]]
 
@@ -70,20 +73,24 @@ def _pooled(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) 
 
 def expand(spec: Spec) -> Graph:
     """Unroll ``spec`` into a validated Graph with torchvision's module names. Stages past the last one the
-    spec's ``outputs`` return are not built, nor the head unless ``logits`` is returned."""
+    spec's ``outputs`` return are not built, nor the head unless ``logits`` is returned; ``conv1`` returns the
+    stem's output (before the pool that opens conv2_x, as timm's ``act1`` feature)."""
     b = _Builder()
     x = b.add("input", "input", "input", (), (spec.in_channels, *spec.in_size), "conv1")
     x = _stem(b, spec, x)
-    if spec.stem.pool:
+    wanted = set(spec.outputs)
+    found: dict[str, Output] = {}
+    if STEM in wanted:
+        found[STEM] = Output(STEM, x.name, spec.stem.conv.stride)
+    built = [i for i, s in enumerate(spec.stages) if s.name in wanted]
+    last = len(spec.stages) - 1 if spec.has_head else max(built, default=-1)
+    if spec.stem.pool and last >= 0:
         p = spec.stem.pool
         # Table 1 lists the max pool at the top of the conv2_x row.
         first = spec.stages[0].name
         # torchvision's name for the max pool; an average-pool stem must not collide with the head's avgpool
         name = "maxpool" if p.kind == "max" else "stem_avgpool"
         x = b.pool(name, f"{first}.pool", p.kind, x, first, p.kernel, p.stride, p.kernel // 2)
-    wanted = set(spec.outputs)
-    last = len(spec.stages) - 1 if spec.has_head else max(i for i, s in enumerate(spec.stages) if s.name in wanted)
-    found: dict[str, Output] = {}
     for si, (stage, (stride, dilation, previous, net)) in enumerate(zip(spec.stages, spec.stage_plan(), strict=True)):
         if si > last:
             break

@@ -291,18 +291,22 @@ def _stages(c: Checker, top: dict[str, Any]) -> list[Stage] | None:
     for i, n in enumerate(names):
         if n in names[:i]:
             c.error(("stages", i, "name"), f"stage name '{n}' is used twice; names label reports")
+        elif n in ("conv1", LOGITS, "head"):
+            c.error(("stages", i, "name"), f"'{n}' names the stem, the logits or the head; give the stage another "
+                    f"name, e.g. conv{i + 2}_x")
     return out
 
 
 def _outputs(c: Checker, top: dict[str, Any], stages: list[Stage] | None) -> tuple[str, ...]:
-    """``outputs``: what the net returns, in order: stage names and ``logits`` (the default, alone)."""
+    """``outputs``: what the net returns, in order: ``conv1`` (the stem), stage names and ``logits`` (the default,
+    alone)."""
     raw = c.get(top, "outputs", (), list, default=[LOGITS])
     if raw is None:
         return (LOGITS,)
     if not raw:
         c.error(("outputs",), f"needs at least one output: a stage name or '{LOGITS}'")
         return (LOGITS,)
-    allowed = [s.name for s in stages or []] + [LOGITS]
+    allowed = ["conv1", *(s.name for s in stages or []), LOGITS]
     out: list[str] = []
     for i, v in enumerate(raw):
         if not isinstance(v, str):

@@ -30,7 +30,7 @@ from .golden import reference_weights
 DATA = ROOT / "tests" / "data"
 REF = json.loads((DATA / "backbone-reference.json").read_text())
 ARRAYS = np.load(DATA / "backbone-reference.npz")
-STAGES = ["conv2_x", "conv3_x", "conv4_x", "conv5_x"]
+STAGES = ["conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x"]  # the stem (timm's act1), then the four stages
 RANGE = "64x64:96x96:128x128"  # holds both reference sizes, 64x96 and 97x75
 #: the resdsl spec of each reference case: a shipped backbone where one is that model, else its classifier spec
 #: with the stage outputs and the output stride set
@@ -81,8 +81,8 @@ CASES = [pytest.param(c, marks=() if c in QUICK else pytest.mark.slow) for c in 
 @pytest.mark.parametrize("case", CASES)
 def test_compiled_onnx_outputs_equal_torchvision_and_timm(case: str, tmp_path: Path) -> None:
     """The reference weights (a torchvision body's state_dict, or timm's features_only state_dict) load strictly,
-    the compile verifies every output at the range's sizes, and ONNX Runtime's feature maps equal the library's
-    at both reference sizes."""
+    the compile verifies every output (the stem's and the four stages') at the range's sizes, and ONNX Runtime's
+    feature maps equal the library's at both reference sizes."""
     spec = case_spec(case)
     weights = tmp_path / "w.pt"
     torch.save(reference_state(case), weights)
@@ -91,7 +91,7 @@ def test_compiled_onnx_outputs_equal_torchvision_and_timm(case: str, tmp_path: P
     assert [t.name for t in m.outputs] == STAGES and m.inputs[0].shape == ["batch", 3, "height", "width"]
     strides = [t.stride for t in m.outputs]
     os_ = REF["cases"][case]["output_stride"]
-    assert strides == [min(s, os_) for s in (4, 8, 16, 32)]
+    assert strides == [min(s, os_) for s in (2, 4, 8, 16, 32)]
     sizes = {tuple(c["size"]) for c in m.verification["checks"]}
     assert {(64, 64), (96, 96), (128, 128)} <= sizes and any(h % 2 and w % 2 for h, w in sizes)
     assert {c["output"] for c in m.verification["checks"]} == set(STAGES)
@@ -133,6 +133,20 @@ def test_flops_cli_lists_outputs_with_strides_and_dilations(cli: Any) -> None:
     assert doc["total"] == REF["cases"]["tv-resnet101-os8"]["macs_800x1216"]
     text = cli("flops", str(SPECS / "backbones" / "deeplab-resnet101-os8.yaml")).stdout
     assert "conv4_x dilation 2, conv5_x dilation 4" in text
+
+
+def test_a_stage_may_not_take_the_stem_s_name() -> None:
+    with pytest.raises(SpecError, match=r"stages\[0\]\.name: 'conv1' names the stem, the logits or the head"):
+        loads(BAD.format(extra="").replace("[{width: 16, blocks: 1},", "[{name: conv1, width: 16, blocks: 1},"))
+
+
+def test_the_stem_alone_is_a_net_too() -> None:
+    """outputs [conv1]: the stem only (no pool, no stage), its map at the stem's stride."""
+    spec = loads(BAD.format(extra="outputs: [conv1]").replace("stride: 1}}", "stride: 2}}"))
+    graph = expand(spec)
+    assert graph.stages == ("conv1",) and [n.op for n in graph.nodes] == ["input", "conv", "bn", "relu"]
+    assert [(o.name, o.stride) for o in graph.outputs] == [("conv1", 2)]
+    assert tuple(build(spec).eval()(torch.zeros(1, 3, 32, 32)).shape) == (1, 16, 16, 16)
 
 
 def test_a_backbone_builds_no_head_and_stops_at_its_last_output() -> None:

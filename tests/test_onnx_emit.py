@@ -180,3 +180,17 @@ def test_a_module_that_overflows_is_refused_before_the_export(tmp_path: Path, cl
     assert "resnet20.yaml: the PyTorch module's own logits overflow to inf/NaN" in r.stderr
     assert "--weights" in r.stderr and "zero_init_residual: true" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_stem_s_output_beside_a_layer_of_the_same_name_is_named_alike_by_both_exporters(tmp_path: Path) -> None:
+    """torchvision's stem conv is the layer "conv1", and outputs [conv1, ...] returns the stem's map as "conv1":
+    both exporters keep the layer as "conv1/out" and agree on every layer and output."""
+    doc = {**load(ROOT / "specs" / "torchvision" / "resnet50.yaml").resolved,
+           "outputs": ["conv1", "conv3_x", "logits"], "output_stride": 8}
+    doc.pop("expect", None)
+    path = tmp_path / "stem.yaml"
+    path.write_text(json.dumps(doc))
+    cross_check(path, tmp_path)
+    info = ob.export(trained_looking(reduced(path)).eval(), tmp_path / "again.onnx")
+    assert info.tensor_of["conv1"] == "conv1/out" and info.tensor_of["relu"] == "conv1"
+    assert [o.name for o in onnx.load(info.path).graph.output] == ["conv1", "conv3_x", "logits"]

@@ -115,9 +115,13 @@ def emit(graph: Graph, state: Mapping[str, Any], *, opset: int = 18, batch: int 
     e = _Emitter(state, opset, g)
     tensor_of = {INPUT: INPUT}
     returned = {o.node: o for o in graph.outputs}
+    public = {o.name for o in graph.outputs}
     n_axis: int | str = BATCH if batch is None else batch
     for node in graph.nodes[1:]:
-        out = returned[node.name].name if node.name in returned else node.name
+        # a returned node's tensor takes the output's name; a layer whose path is an output's name (torchvision's
+        # stem conv "conv1" beside the stem's output "conv1") keeps its path with "/out" appended
+        out = (returned[node.name].name if node.name in returned else
+               f"{node.name}/out" if node.name in public else node.name)
         _lower(e, node, [tensor_of[i] for i in node.inputs], out)
         tensor_of[node.name] = out
         if node.name not in returned:

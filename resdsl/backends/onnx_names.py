@@ -51,7 +51,9 @@ def name_layers(proto: onnx.ModelProto, graph: Graph, exporter: str) -> dict[str
         found = [n.output[0] for n in nodes if n.op_type == "Add" and sorted(n.input) == want]
         if len(found) == 1:
             tensors[a.name] = found[0]
-    rename = {t: (t if t in outputs or t == INPUT else p) for p, t in tensors.items()}
+    # a layer whose path is an output's name (torchvision's stem conv "conv1" beside the stem's output "conv1")
+    # keeps its path with "/out" appended, as resdsl's own emitter names it
+    rename = {t: (t if t in outputs or t == INPUT else f"{p}/out" if p in outputs else p) for p, t in tensors.items()}
     clash = ({t for n in nodes for t in n.output} | {i.name for i in proto.graph.initializer}) - set(rename)
     lost = [g.name for g in graph.nodes if g.name not in tensors] + sorted(clash & set(rename.values()))
     if lost:

@@ -9,13 +9,14 @@ Usage::
 CPU build of torch (its compiled ops need CUDA torch), so the file's own source from ``def conv3x3`` up to
 ``def _resnet`` (the conv helpers, ``BasicBlock``, ``Bottleneck`` and ``ResNet``) is executed as it is, with
 ``_log_api_usage_once`` (torchvision's usage logging, the only other name that code uses) a no-op. The feature
-maps are the outputs of ``layer1``..``layer4`` taken with forward hooks, which is what torchvision's
-``IntermediateLayerGetter`` returns; output stride 16 and 8 are ``replace_stride_with_dilation=[False, False,
-True]`` and ``[False, True, True]``.
+maps are the stem's ``relu`` and the outputs of ``layer1``..``layer4``, which is what torchvision's
+``IntermediateLayerGetter`` returns for those layers; output stride 16 and 8 are
+``replace_stride_with_dilation=[False, False, True]`` and ``[False, True, True]``.
 
 ``TIMM_SRC`` is a source tree of huggingface/pytorch-image-models, imported as in ``make_timm_reference.py``
 (a torchvision stub first); the models are ``timm.create_model(name, features_only=True, output_stride=OS,
-out_indices=(1, 2, 3, 4))``, whose state_dicts have no ``fc``.
+out_indices=(0, 1, 2, 3, 4))`` (``act1``, the stem's output, then layer1..layer4), whose state_dicts have no
+``fc``.
 
 Every model gets the deterministic weights of ``tests/data/reference-README.md`` (``tests.golden.
 reference_weights`` over its own state_dict layout: BN running statistics far from 0 and 1) and, at each size,
@@ -55,7 +56,7 @@ from make_timm_reference import import_timm  # noqa: E402
 
 from tests.golden import reference_weights  # noqa: E402
 
-STAGES = ("conv2_x", "conv3_x", "conv4_x", "conv5_x")
+STAGES = ("conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x")  # the stem's output, then layer1..layer4
 SIZES = ((64, 96), (97, 75))  # inside the range the tests compile (64x64 to 128x128); the second one odd
 DILATE = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
 #: (case, library, model, output stride): the shipped backbone specs' own models, and the block types and
@@ -89,7 +90,8 @@ def torchvision_namespace(path: Path) -> dict[str, Any]:
 
 
 class Hooked(nn.Module):
-    """torchvision's ResNet returning layer1..layer4's outputs (IntermediateLayerGetter's result)."""
+    """torchvision's ResNet returning the stem's output (its ``relu``) and layer1..layer4's outputs
+    (IntermediateLayerGetter's result for return_layers relu, layer1, ..., layer4)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -97,8 +99,9 @@ class Hooked(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         n = self.net
-        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        out = []
+        x = n.relu(n.bn1(n.conv1(x)))
+        out = [x]
+        x = n.maxpool(x)
         for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
             x = layer(x)
             out.append(x)
@@ -148,7 +151,7 @@ def main() -> None:
             model: nn.Module = Hooked(net)
             state_model = net
         else:
-            model = timm.create_model(name, features_only=True, output_stride=os_, out_indices=(1, 2, 3, 4))
+            model = timm.create_model(name, features_only=True, output_stride=os_, out_indices=(0, 1, 2, 3, 4))
             state_model = model
         layout = [(k, tuple(v.shape)) for k, v in state_model.state_dict().items()]
         doc["state_dicts"].setdefault(f"{library}/{name}", [[k, list(s)] for k, s in layout])
