@@ -185,7 +185,7 @@ def test_a_module_that_overflows_is_refused_before_the_export(tmp_path: Path, cl
 def test_the_stem_s_output_beside_a_layer_of_the_same_name_is_named_alike_by_both_exporters(tmp_path: Path) -> None:
     """torchvision's stem conv is the layer "conv1", and outputs [conv1, ...] returns the stem's map as "conv1":
     both exporters keep the layer as "conv1/out" and agree on every layer and output."""
-    doc = {**load(ROOT / "specs" / "torchvision" / "resnet50.yaml").resolved,
+    doc = {**load(ROOT / "specs" / "resnet18.yaml").resolved,
            "outputs": ["conv1", "conv3_x", "logits"], "output_stride": 8}
     doc.pop("expect", None)
     path = tmp_path / "stem.yaml"
