@@ -43,15 +43,17 @@ demo: $(VENV)/.installed
 	$(BIN)/resdsl compile $(SPEC) --target onnx -o build/demo --force
 	$(BIN)/resdsl verify build/demo
 
-# The suite on both cores (pytest-xdist). Tests marked slow run with `make test-all` only: ResNet-1202/1001
-# through ONNX, the full-size ONNX sweep of the specs whose configuration a smaller spec checks in `make test`
-# (tests/test_onnx_target.py: COVERED_BY), fp16 ONNX on ResNet-56, the Fashion-MNIST int8 checks and the full
-# 10,000-image ones (tests/test_fashion.py).
+# The suite on both cores (pytest-xdist; worksteal hands a waiting worker queued tests, so the longest ones,
+# AOTInductor and C++ builds and int8 compiles, do not leave a core idle at the end). Tests marked slow run with
+# `make test-all` only: ResNet-1202/1001 through ONNX, the full-size ONNX sweep of the specs whose configuration a
+# smaller spec checks in `make test` (tests/test_onnx_target.py: COVERED_BY; the backbones at full size), fp16
+# ONNX on ResNet-56, the Fashion-MNIST int8 checks and the full 10,000-image ones (tests/test_fashion.py), and 7 of
+# the 10 torchvision/timm backbone cases (tests/test_backbones.py).
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 test-all: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check resdsl tests bench cli.py
