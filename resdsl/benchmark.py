@@ -175,9 +175,7 @@ def bench(directory: str | Path, options: BenchOptions, progress: Progress | Non
 
 def _size(m: mf.Manifest, size: tuple[int, int] | None, directory: str | Path) -> tuple[int, int]:
     """The input height and width to time at: ``size`` (within the artefact's range), else its opt size."""
-    r = m.sections.get("size")
-    sides = [r["min"], r["opt"], r["max"]] if r else [m.input.shape[2:]] * 3
-    lo, opt, hi = ((int(h), int(w)) for h, w in sides)
+    lo, opt, hi = m.size_range()
     if size is None:
         return opt
     if not (lo[0] <= size[0] <= hi[0] and lo[1] <= size[1] <= hi[1]):

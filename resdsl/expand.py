@@ -11,10 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .ir import Graph, Node, Output
-from .spec import LOGITS, Spec
-
-#: the stem's row of Table 1, which ``outputs`` may name for the stem's feature map
-STEM = "conv1"
+from .spec import LOGITS, STEM, Spec
 
 #: block-local part -> (module path, Table 1 label), e.g. "conv1" -> ("layer2.0.conv1", "conv3_x.0.conv1")
 Namer = Callable[[str], tuple[str, str]]
@@ -76,7 +73,7 @@ def expand(spec: Spec) -> Graph:
     spec's ``outputs`` return are not built, nor the head unless ``logits`` is returned; ``conv1`` returns the
     stem's output (before the pool that opens conv2_x, as timm's ``act1`` feature)."""
     b = _Builder()
-    x = b.add("input", "input", "input", (), (spec.in_channels, *spec.in_size), "conv1")
+    x = b.add("input", "input", "input", (), (spec.in_channels, *spec.in_size), STEM)
     x = _stem(b, spec, x)
     wanted = set(spec.outputs)
     found: dict[str, Output] = {}
@@ -107,7 +104,7 @@ def expand(spec: Spec) -> Graph:
             x = b.relu("relu_final", "final.relu", x, stage.name)
         if stage.name in wanted:
             found[stage.name] = Output(stage.name, x.name, net)
-    stages = ("conv1", *(s.name for s in spec.stages[:last + 1]))
+    stages = (STEM, *(s.name for s in spec.stages[:last + 1]))
     if spec.has_head:
         x = b.add("avgpool", "avgpool", "gap", (x.name,), (x.shape[0],), "head")
         x = b.add("fc", "fc", "fc", (x.name,), (spec.classes,), "head", in_features=x.shape[0],

@@ -94,6 +94,18 @@ class Manifest:
     def input(self) -> Tensor:
         return self.inputs[0]
 
+    def size_range(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """The input heights and widths the artefact serves, (min, opt, max): its ``size`` section (compiled with
+        ``--size``), else the input's one size three times."""
+        r = self.sections.get("size")
+        sides = [r["min"], r["opt"], r["max"]] if r else [self.input.shape[2:]] * 3
+        if not all(isinstance(d, int) for side in sides for d in side):
+            raise InputError(f"manifest of {self.name!r}: the input's height and width are symbols "
+                             f"{self.input.shape[2:]} but there is no 'size' range; the manifest was edited or "
+                             "damaged: compile the artefact again")
+        (h0, w0), (h1, w1), (h2, w2) = ((int(h), int(w)) for h, w in sides)
+        return (h0, w0), (h1, w1), (h2, w2)
+
     def section(self, key: str) -> dict[str, Any]:
         """A target's section (empty when absent)."""
         return self.sections.get(key, {})

@@ -31,8 +31,8 @@ class Artefact:
         self.runner = runner
         self._in_dtype = np.float16 if manifest.input.dtype == "float16" else np.float32
         self.outputs = [t.name for t in manifest.outputs]
-        size = manifest.sections.get("size")
-        self._sizes = (tuple(size["min"]), tuple(size["max"])) if size else None
+        lo, _, hi = manifest.size_range()
+        self._sizes = (lo, hi)
 
     @property
     def session(self) -> Any:
@@ -48,11 +48,10 @@ class Artefact:
         if not fits:
             raise InputError(f"input of shape {list(x.shape)} does not fit {self.directory}: it takes "
                              f"{want} (batch first)")
-        if self._sizes is not None:
-            (h0, w0), (h1, w1) = self._sizes
-            if not (h0 <= x.shape[2] <= h1 and w0 <= x.shape[3] <= w1):
-                raise InputError(f"input size {x.shape[2]}x{x.shape[3]} is outside {self.directory}'s range "
-                                 f"{h0}x{w0} to {h1}x{w1}; compile with a wider --size MIN:OPT:MAX")
+        (h0, w0), (h1, w1) = self._sizes  # a fixed size passed the shape check already
+        if not (h0 <= x.shape[2] <= h1 and w0 <= x.shape[3] <= w1):
+            raise InputError(f"input size {x.shape[2]}x{x.shape[3]} is outside {self.directory}'s range "
+                             f"{h0}x{w0} to {h1}x{w1}; compile with a wider --size MIN:OPT:MAX")
         b = self.manifest.batch
         if not b.min <= x.shape[0] <= b.max:
             raise InputError(f"batch {x.shape[0]} is outside {self.directory}'s range {b.min}..{b.max}; "

@@ -18,6 +18,7 @@ from .spec_types import (
     BLOCKS,
     LOGITS,
     SHORTCUTS,
+    STEM,
     Attention,
     ConvCfg,
     Expect,
@@ -31,8 +32,8 @@ from .spec_types import (
 from .validate import validate
 from .yamlio import KeyPath, Loc, Located, display_name, read_yaml
 
-__all__ = ["ATTENTIONS", "BLOCKS", "LOGITS", "SHORTCUTS", "Attention", "ConvCfg", "Expect", "Normalize", "PoolCfg",
-           "Spec", "Stage", "Stem", "Train", "from_resolved", "load", "loads", "spec_tree"]
+__all__ = ["ATTENTIONS", "BLOCKS", "LOGITS", "SHORTCUTS", "STEM", "Attention", "ConvCfg", "Expect", "Normalize",
+           "PoolCfg", "Spec", "Stage", "Stem", "Train", "from_resolved", "load", "loads", "spec_tree"]
 
 MAX_EXTENDS_DEPTH = 16
 

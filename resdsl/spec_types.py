@@ -16,8 +16,8 @@ from typing import Any
 BLOCKS = ("basic", "bottleneck", "preact_basic", "preact_bottleneck")
 SHORTCUTS = ("A", "B", "C", "D", "none")
 ATTENTIONS = ("se", "eca")
-#: The name of the head's output among a spec's ``outputs``.
-LOGITS = "logits"
+#: The name of the head's output among a spec's ``outputs``, and the stem's (its row of Table 1).
+LOGITS, STEM = "logits", "conv1"
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,11 @@ class Stem:
 
     conv: ConvCfg = ConvCfg()
     pool: PoolCfg | None = PoolCfg()
+
+    @property
+    def stride(self) -> int:
+        """The stride of the stem's conv(s) and pool together: the stride at which the first stage starts."""
+        return self.conv.stride * (self.pool.stride if self.pool else 1)
 
 
 @dataclass(frozen=True)
@@ -170,16 +175,12 @@ class Spec:
         """True when the net returns logits, so the pool and the fc are built."""
         return LOGITS in self.outputs
 
-    def stem_stride(self) -> int:
-        """The stride of the stem's conv(s) and pool together: the stride at which conv2_x starts."""
-        return self.stem.conv.stride * (self.stem.pool.stride if self.stem.pool else 1)
-
     def stage_plan(self) -> tuple[tuple[int, int, int, int], ...]:
         """Per stage: (stride, dilation, previous dilation, output stride). Under ``output_stride``, a stage that
         would stride the feature map beyond it runs at stride 1 and multiplies the dilation by its stride instead,
         as torchvision's ``replace_stride_with_dilation`` and timm's ``output_stride`` do; the first unit of a
         dilated stage keeps the previous dilation in its first 3x3 conv (both libraries' rule)."""
-        net = self.stem_stride()
+        net = self.stem.stride
         dilation = 1
         out = []
         for s in self.stages:

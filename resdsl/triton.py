@@ -86,10 +86,11 @@ def model_config(manifest: Manifest, options: TritonOptions, source: str | Path 
     where = f"{source}/{manifest_io.NAME}" if source is not None else f"the artefact {manifest.name!r}"
     platform, kind = _check_target(manifest, options, where)
     batch, batcher = _batching(manifest, options, where)
+    ranged = _ranged(manifest)
     fields_: dict[str, Value] = {
         "name": manifest.name, "platform": platform, "max_batch_size": batch,
-        "input": [_tensor(t, batch > 0, where, "inputs", _ranged(manifest)) for t in manifest.inputs],
-        "output": [_tensor(t, batch > 0, where, "outputs", _ranged(manifest)) for t in manifest.outputs],
+        "input": [_tensor(t, batch > 0, where, "inputs", ranged) for t in manifest.inputs],
+        "output": [_tensor(t, batch > 0, where, "outputs", ranged) for t in manifest.outputs],
     }
     if batcher is not None:
         fields_["dynamic_batching"] = batcher

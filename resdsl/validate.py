@@ -19,6 +19,7 @@ from .spec_types import (
     BLOCKS,
     LOGITS,
     SHORTCUTS,
+    STEM,
     Attention,
     ConvCfg,
     Expect,
@@ -291,7 +292,7 @@ def _stages(c: Checker, top: dict[str, Any]) -> list[Stage] | None:
     for i, n in enumerate(names):
         if n in names[:i]:
             c.error(("stages", i, "name"), f"stage name '{n}' is used twice; names label reports")
-        elif n in ("conv1", LOGITS, "head"):
+        elif n in (STEM, LOGITS, "head"):
             c.error(("stages", i, "name"), f"'{n}' names the stem, the logits or the head; give the stage another "
                     f"name, e.g. conv{i + 2}_x")
     return out
@@ -306,7 +307,7 @@ def _outputs(c: Checker, top: dict[str, Any], stages: list[Stage] | None) -> tup
     if not raw:
         c.error(("outputs",), f"needs at least one output: a stage name or '{LOGITS}'")
         return (LOGITS,)
-    allowed = ["conv1", *(s.name for s in stages or []), LOGITS]
+    allowed = [STEM, *(s.name for s in stages or []), LOGITS]
     out: list[str] = []
     for i, v in enumerate(raw):
         if not isinstance(v, str):
@@ -326,7 +327,7 @@ def _output_stride(c: Checker, value: int | None, stem: Stem, stages: list[Stage
     """``output_stride``: one of the strides the net reaches after its stem or a stage, at most its own."""
     if value is None:
         return
-    net = stem.conv.stride * (stem.pool.stride if stem.pool else 1)
+    net = stem.stride
     reached = [net]
     for s in stages:
         net *= s.stride

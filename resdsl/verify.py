@@ -312,12 +312,7 @@ def sizes_to_verify(manifest: Manifest) -> tuple[tuple[int, int], ...]:
     (:meth:`resdsl.options.SizeProfile.sizes`); only the input's own size for a fixed size."""
     from .options import SizeProfile
 
-    r = manifest.sections.get("size")
-    if not r:
-        h, w = manifest.input.shape[2:]
-        return ((int(h), int(w)),)
-    (h0, w0), (h1, w1), (h2, w2) = r["min"], r["opt"], r["max"]
-    return SizeProfile((h0, w0), (h1, w1), (h2, w2)).sizes()
+    return SizeProfile(*manifest.size_range()).sizes()
 
 
 def verify_artefact(directory: str | Path, *, weights: Path | None = None, batches: tuple[int, ...] = (),

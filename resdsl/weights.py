@@ -165,10 +165,9 @@ def for_backbone(state: dict[str, torch.Tensor], graph: Graph) -> tuple[dict[str
         layers = sorted({k.split(".")[0] for k in beyond})
         note = "; ".join(x for x in (note, f"dropped {len(beyond)} keys of {', '.join(layers)}, which this backbone "
                                      "does not build") if x)
-        state = {k: v for k, v in state.items() if k not in set(beyond)}
+        drop = set(beyond)
+        state = {k: v for k, v in state.items() if k not in drop}
         dropped += beyond
-    if dropped and not note:
-        note = f"dropped {len(dropped)} keys of a detection checkpoint's other parts"
     return state, dropped, note
 
 

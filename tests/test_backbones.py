@@ -365,7 +365,7 @@ def test_every_family_as_a_dilated_backbone_with_logits_through_onnx(name: str, 
     doc.pop("expect", None)
     names = [s.name for s in base.stages]
     strides = [s.stride for s in base.stages]
-    net = base.stem_stride()
+    net = base.stem.stride
     reached = [net := net * s for s in strides]
     doc.update(outputs=[*names, "logits"], output_stride=reached[-2])  # the last strided stage dilates
     spec = from_resolved(doc, base.source)
@@ -420,3 +420,14 @@ def test_a_net_returning_feature_maps_beside_its_logits_goes_int8_and_is_judged_
     assert logits.shape == (64, 10)
     top1 = 100.0 * float((logits.argmax(1) == ds.test_y[:64].numpy()).mean())
     assert r.images == 64 and r.artefact.top1 == pytest.approx(top1)
+
+
+def test_a_manifest_with_symbolic_sides_but_no_size_range_is_refused(ranged: Path, tmp_path: Path) -> None:
+    import shutil
+
+    damaged = shutil.copytree(ranged, tmp_path / "damaged")
+    m = json.loads((damaged / "manifest.json").read_text())
+    del m["size"]
+    (damaged / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(InputError, match=r"height and width are symbols .* but there is no 'size' range"):
+        load_artefact(damaged)

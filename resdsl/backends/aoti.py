@@ -30,7 +30,7 @@ from .base import Plan, Written, refuse_providers
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
-    from ..options import CompileOptions
+    from ..options import CompileOptions, SizeProfile
     from ..progress import Progress
 
 PACKAGE = "model.pt2"
@@ -117,28 +117,28 @@ def boundary(model: Any, precision: str, io: str) -> Any:
 
 
 def export(module: Any, chw: tuple[int, ...], batch: tuple[int, int, int], dtype: Any, device: str,
-           size: Any = None) -> Any:
+           size: SizeProfile | None = None) -> Any:
     """``torch.export`` with a dynamic batch dimension ``batch[0]..batch[2]`` when the two differ, and dynamic
     height and width over ``size`` (a :class:`resdsl.options.SizeProfile` range; the example at its opt size)."""
     import torch
     import torch._dynamo.exc
 
     dynamic = batch[0] != batch[2]
-    ranged = size is not None and size.dynamic
-    c, h, w = chw if not ranged else (chw[0], *size.opt)
+    ranged = size if size is not None and size.dynamic else None
+    c, h, w = chw if ranged is None else (chw[0], *ranged.opt)
     example = torch.zeros(max(2, batch[0]) if dynamic else batch[0], c, h, w, dtype=dtype, device=device)
     dims: dict[int, Any] = {}
     if dynamic:
         dims[0] = torch.export.Dim("batch", min=batch[0], max=batch[2])
-    if ranged:
-        dims[2] = torch.export.Dim("height", min=size.min[0], max=size.max[0])
-        dims[3] = torch.export.Dim("width", min=size.min[1], max=size.max[1])
+    if ranged is not None:
+        dims[2] = torch.export.Dim("height", min=ranged.min[0], max=ranged.max[0])
+        dims[3] = torch.export.Dim("width", min=ranged.min[1], max=ranged.max[1])
     try:
         with torch.no_grad(), _without_torch_internal_warnings():
             return torch.export.export(module, (example,), dynamic_shapes=(dims,) if dims else None)
     except torch._dynamo.exc.UserError as e:  # constraint violations: the range cannot stay dynamic
-        what = "the batch and size ranges" if ranged else "the batch range"
-        raise InputError(f"--batch {batch[0]}:{batch[1]}:{batch[2]}{f' --size {size}' if ranged else ''}: "
+        what = "the batch and size ranges" if ranged is not None else "the batch range"
+        raise InputError(f"--batch {batch[0]}:{batch[1]}:{batch[2]}{f' --size {ranged}' if ranged else ''}: "
                          f"torch.export cannot keep {what} dynamic ({str(e).splitlines()[0]}); compile a fixed "
                          "--batch N (and --size HxW)") from None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable, InputError, OptionError
 from .base import Plan, Written
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..spec import Spec
 
 __all__ = ["DIGEST_KEY", "INPUT", "OUTPUT", "ExportInfo", "convert_fp16", "export", "intermediates", "load_model",
-           "run", "session", "tensor_map"]
+           "run", "run_all", "session", "tensor_map"]
 
 NAME, BASE, PRECISIONS = "onnx", None, ("fp32", "fp16", "int8")
 MODEL = "model.onnx"
@@ -89,9 +89,8 @@ class Runner:
 
     def __call__(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
         """The only output's array, or every output by name when the model has several."""
-        got = self.session.run(None, _feed(self.session, x))
-        names = [o.name for o in self.session.get_outputs()]
-        return cast("np.ndarray", got[0]) if len(names) == 1 else dict(zip(names, got, strict=True))
+        got = run_all(self.session, x)
+        return got if len(got) > 1 else next(iter(got.values()))
 
 
 def open(directory: Path, manifest: Manifest, threads: int | None = None,
@@ -216,9 +215,15 @@ def _feed(sess: onnxruntime.InferenceSession, x: np.ndarray) -> dict[str, np.nda
     return {inp.name: x.astype(dtype, copy=False)}
 
 
+def run_all(sess: onnxruntime.InferenceSession, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Run ``sess`` on one batch (cast to the model's input type); every output by name, in the model's order."""
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, _feed(sess, x)), strict=True))
+
+
 def run(sess: onnxruntime.InferenceSession, x: np.ndarray) -> np.ndarray:
     """Run ``sess`` on one batch (cast to the model's input type) and return its first output."""
-    return cast("np.ndarray", sess.run(None, _feed(sess, x))[0])
+    return next(iter(run_all(sess, x).values()))
 
 
 def intermediates(path: PathLike, tensor_names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
